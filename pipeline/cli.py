@@ -1,0 +1,145 @@
+"""`twi-curate` command line: run, inspect, sample-corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas import sample as S
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_N = 48
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TWI_CURATE_CACHE", Path.home() / ".cache" / "twi-curate"))
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, bytes | bytearray):
+        return f"<{len(v)} bytes>"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    s = "" if v is None else str(v)
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+def print_table(title: str, cols: list[str], rows: list[tuple[Any, ...]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[_cell(v) for v in r])
+    console.print(table)
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    inputs: Annotated[list[Path] | None, typer.Argument(help="JSONL files or folders; none = bundled corpus")] = None,
+    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("curated"),
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config (see README)")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray address of a cluster; default local")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="curate only the first N records")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars or worker logs")] = False,
+) -> None:
+    """Curate trajectories into routed Parquet shards (OUT/shards/route=*/discipline=*/)."""
+    from pipeline.config import ConfigError, load_config
+    from pipeline.evaluate import agreement, find_labels
+    from pipeline.run import run_pipeline
+    from pipeline.sample_corpus import ensure_sample_corpus
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not inputs:
+        corpus_dir = cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0"
+        console.print(f"No INPUT given: using the bundled sample corpus ({corpus_dir})")
+        inputs = [ensure_sample_corpus(corpus_dir, n=DEFAULT_N, seed=0)]
+    try:
+        manifest = run_pipeline(inputs, out, cfg, address=address, limit=limit, quiet=quiet)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    _print_summary(manifest)
+    labels = find_labels(inputs)
+    if labels is not None and limit is None:
+        ev = agreement(out, labels)
+        (out / "evaluation.json").write_text(json.dumps(ev, indent=2))
+        console.print(
+            f"Agreement with {labels.name}: {ev['agree']}/{ev['labeled']} = {ev['agreement']:.1%} "
+            f"(details in {out / 'evaluation.json'})"
+        )
+    if not manifest["conservation"]["ok"]:
+        _fail("conservation check failed: see manifest.json 'conservation' (this is a bug, please report)")
+    console.print(f"Shards in {out / 'shards'}; manifest {out / 'manifest.json'}")
+
+
+def _print_summary(manifest: dict[str, Any]) -> None:
+    table = Table(title=f"run {manifest['run_id']}: {manifest['input_records']} input records", title_justify="left")
+    table.add_column("discipline")
+    for r in S.ROUTES:
+        table.add_column(r, justify="right")
+    for d, counts in sorted(manifest["by_discipline"].items()):
+        table.add_row(d, *[str(counts.get(r, 0)) for r in S.ROUTES])
+    table.add_row("[bold]all", *[f"[bold]{manifest['routes'].get(r, 0)}" for r in S.ROUTES])
+    console.print(table)
+    ok = manifest["conservation"]["ok"]
+    console.print(
+        f"conservation: {'[green]ok' if ok else '[red]FAILED'}[/] "
+        f"({sum(manifest['routes'].values())} routed = {manifest['input_records']} input records)"
+    )
+
+
+@app.command()
+def inspect(
+    out: Annotated[Path, typer.Argument(help="output folder of a run")] = Path("curated"),
+    sql: Annotated[str | None, typer.Option("--sql", help="any SQL over the view `samples`")] = None,
+) -> None:
+    """Summaries of a run's shards with DuckDB, or any SQL over the view `samples`."""
+    import duckdb
+
+    from pipeline import inspect as views
+
+    try:
+        if sql:
+            cols, rows = views.query(out, sql)
+            print_table(sql, cols, rows)
+            return
+        print_table("routes by discipline", *views.routes_by_discipline(out))
+        print_table("mean score per dimension by route", *views.mean_scores_by_route(out))
+        print_table("top rejection reasons", *views.top_reasons(out))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    except duckdb.Error as exc:
+        _fail(f"query failed: {exc}\nThe view is `samples`; columns: {', '.join(S.SAMPLE_SCHEMA.names)}")
+
+
+@app.command("sample-corpus")
+def sample_corpus(
+    out: Annotated[Path, typer.Option("--out", help="folder to write corpus.jsonl, images/, labels.jsonl")],
+    n: Annotated[int, typer.Option("--n", min=1, help="number of records")] = DEFAULT_N,
+    seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
+) -> None:
+    """Write the bundled procedurally drawn six-discipline corpus (with evaluation labels)."""
+    from pipeline.sample_corpus import build_sample_corpus
+
+    summary = build_sample_corpus(out, n=n, seed=seed)
+    console.print(f"wrote {out / 'corpus.jsonl'}: {json.dumps(summary)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,45 @@
+"""Agreement of a run with evaluation labels (labels.jsonl). Evaluation only: never an input to
+judges or routing, which run before this and never see the labels file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.shards import VIEW, connect
+from schemas import sample as S
+
+LABELS_FILE = "labels.jsonl"
+
+
+def find_labels(inputs: list[Path]) -> Path | None:
+    """labels.jsonl beside (or inside) the single input, as `sample-corpus` writes it."""
+    if len(inputs) != 1:
+        return None
+    p = Path(inputs[0])
+    candidate = (p if p.is_dir() else p.parent) / LABELS_FILE
+    return candidate if candidate.is_file() else None
+
+
+def agreement(out_dir: Path, labels: Path) -> dict[str, Any]:
+    con = connect(out_dir)
+    lab = str(labels).replace("'", "''")
+    rows = con.execute(
+        f"SELECT l.sample_id, l.case, l.expected_route, s.{S.ROUTE}, s.{S.ROUTE_REASONS} "
+        f"FROM read_json_auto('{lab}') l LEFT JOIN {VIEW} s ON s.{S.SAMPLE_ID} = l.sample_id "
+        "ORDER BY l.sample_id"
+    ).fetchall()
+    by_case: dict[str, dict[str, int]] = {}
+    mismatches = []
+    for sid, case, expected, got, reasons in rows:
+        c = by_case.setdefault(case, {"n": 0, "agree": 0})
+        c["n"] += 1
+        if got == expected:
+            c["agree"] += 1
+        else:
+            mismatches.append({"sample_id": sid, "case": case, "expected": expected, "got": got,
+                               "reasons": reasons})
+    n = len(rows)
+    agree = sum(c["agree"] for c in by_case.values())
+    return {"labels": str(labels), "labeled": n, "agree": agree,
+            "agreement": round(agree / n, 4) if n else None, "by_case": by_case, "mismatches": mismatches}

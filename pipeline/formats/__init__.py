@@ -1,0 +1,1 @@
+"""Trajectory format adapters: each turns one input record into the canonical sample."""

@@ -1,0 +1,42 @@
+"""Judge stage: apply every judge to every row; a judge that raises scores null with the error."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from judges import Judge
+from schemas import sample as S
+
+
+def judge_row(row: dict[str, Any], judges: list[Judge]) -> dict[str, Any]:
+    """Fill score_<dim> and why_<dim> for every judge's dimension."""
+    for judge in judges:
+        if row.get(S.INPUT_ERROR):
+            score, why = None, "not judged: invalid input"
+        else:
+            try:
+                verdict = judge.judge(row)
+                score, why = verdict.score, f"[{judge.name}] {verdict.why}"
+            except Exception as exc:  # one bad row must not fail the block
+                score, why = None, f"[{judge.name}] judge_error: {type(exc).__name__}: {exc}"[:500]
+        row[S.score_column(judge.dimension)] = score
+        row[S.explanation_column(judge.dimension)] = why
+    return row
+
+
+class JudgeStage:
+    """Ray Data callable: judges are built once per worker."""
+
+    def __init__(self, judges_factory: Any, stage_metrics: Any = None):
+        self.judges = judges_factory()
+        self.metrics = stage_metrics
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.perf_counter()
+        out = S.to_table([judge_row(r, self.judges) for r in batch.to_pylist()])
+        if self.metrics is not None:
+            self.metrics.add.remote("judges", out.num_rows, time.perf_counter() - start)
+        return out

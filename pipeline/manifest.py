@@ -1,0 +1,97 @@
+"""The run manifest: counts read back from the written shards, so it proves what is on disk."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import RunConfig
+from pipeline.shards import VIEW, connect
+from schemas import sample as S
+
+MANIFEST = "manifest.json"
+_VERSIONED = ("twi-curate", "ray", "pyarrow", "duckdb", "numpy", "pillow", "opencv-python-headless",
+              "scikit-image")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def shard_counts(out_dir: Path) -> dict[str, Any]:
+    """Counts per route, route x discipline and reason, straight from the Parquet shards."""
+    con = connect(out_dir)
+    q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+    routes = {r: 0 for r in S.ROUTES}
+    routes.update(dict(q(f"SELECT {S.ROUTE}, count(*) FROM {VIEW} GROUP BY 1")))
+    by_discipline: dict[str, dict[str, int]] = {}
+    for d, r, n in q(f"SELECT {S.DISCIPLINE}, {S.ROUTE}, count(*) FROM {VIEW} GROUP BY 1, 2 ORDER BY 1, 2"):
+        by_discipline.setdefault(d, {x: 0 for x in S.ROUTES})[r] = n
+    reasons: dict[str, dict[str, int]] = {}
+    for r, reason, n in q(
+        f"SELECT {S.ROUTE}, reason, count(*) FROM (SELECT {S.ROUTE}, unnest({S.ROUTE_REASONS}) AS reason "
+        f"FROM {VIEW}) GROUP BY 1, 2 ORDER BY 3 DESC, 2"
+    ):
+        reasons.setdefault(r, {})[reason] = n
+    rejected_without_reason = q(
+        f"SELECT count(*) FROM {VIEW} WHERE {S.ROUTE} = 'rejected' AND len(coalesce({S.ROUTE_REASONS}, [])) = 0"
+    )[0][0]
+    total, distinct = q(f"SELECT count(*), count(DISTINCT {S.SAMPLE_ID}) FROM {VIEW}")[0]
+    return {
+        "output_records": total,
+        "distinct_sample_ids": distinct,
+        "routes": routes,
+        "by_discipline": by_discipline,
+        "reasons": reasons,
+        "rejected_without_reason": rejected_without_reason,
+    }
+
+
+def build_manifest(
+    out_dir: Path,
+    run_id: str,
+    cfg: RunConfig,
+    inputs: list[str],
+    input_records: int,
+    timings: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    counts = shard_counts(out_dir)
+    conserved = sum(counts["routes"].values()) == input_records == counts["output_records"]
+    return {
+        "run_id": run_id,
+        "config_hash": cfg.config_hash(),
+        "config": cfg.model_dump(mode="json"),
+        "inputs": inputs,
+        "input_records": input_records,
+        **counts,
+        "conservation": {
+            "ok": conserved and counts["rejected_without_reason"] == 0,
+            "rule": "routes.twi + routes.text + routes.rejected == input_records == rows in shards",
+        },
+        "versions": _versions(),
+        "timings": {**timings, "total_s": round(time.time() - started, 3)},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    }
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(out_dir) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / MANIFEST).read_text())

@@ -1,0 +1,22 @@
+"""Per-stage counters (rows, busy seconds, batches) merged across workers by one tiny actor."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class StageMetrics:
+    def __init__(self):
+        self.stats: dict[str, dict[str, float]] = defaultdict(lambda: {"rows": 0, "batches": 0, "busy_s": 0.0})
+
+    def add(self, stage: str, rows: int, seconds: float) -> None:
+        s = self.stats[stage]
+        s["rows"] += rows
+        s["batches"] += 1
+        s["busy_s"] += seconds
+
+    def get(self) -> dict[str, dict[str, float]]:
+        return {k: {**v, "busy_s": round(v["busy_s"], 3)} for k, v in self.stats.items()}

@@ -1,0 +1,36 @@
+"""Reading written shards back: one DuckDB connection with a view ``samples`` over every shard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from schemas import sample as S
+
+SHARDS_DIR = "shards"
+VIEW = "samples"
+
+
+def shard_files(out_dir: Path) -> list[Path]:
+    return sorted((Path(out_dir) / SHARDS_DIR).glob("**/*.parquet"))
+
+
+def connect(out_dir: Path) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with view ``samples`` (hive columns route, discipline restored)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / SHARDS_DIR).is_dir():
+        raise FileNotFoundError(
+            f"{out_dir} has no {SHARDS_DIR}/ folder; point at the --out folder of a `twi-curate run`"
+        )
+    con = duckdb.connect()
+    if shard_files(out_dir):
+        glob = str(out_dir / SHARDS_DIR / "**" / "*.parquet").replace("'", "''")
+        con.execute(
+            f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true, "
+            "union_by_name = true)"
+        )
+    else:  # a run over zero records: an empty view with the full schema
+        con.register("_empty_samples", S.SAMPLE_SCHEMA.empty_table())
+        con.execute(f"CREATE VIEW {VIEW} AS SELECT * FROM _empty_samples")
+    return con

@@ -1,0 +1,1 @@
+"""Routing: pure functions from scores to a route (twi | text | rejected) with reasons."""

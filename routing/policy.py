@@ -1,0 +1,31 @@
+"""Routing policy: thresholds over the six scores, validated by pydantic.
+
+The decision itself lives in routing.route (pure functions); this module only says what the
+knobs are and what values they accept.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RoutingPolicy(BaseModel):
+    """Default policy (S1-VL style): reject broken, fabricated, wrong or incoherent samples;
+    send samples whose image operations add little visual information to the text shard;
+    keep the rest as TwI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_code_correctness: float = Field(
+        0.6, ge=0, le=1, description="below: rejected (code failed or replay contradicts the record)"
+    )
+    min_scientific_accuracy: float = Field(
+        0.5, ge=0, le=1, description="below: rejected as a wrong answer (only when ground truth exists)"
+    )
+    min_coherence: float = Field(0.4, ge=0, le=1, description="below: rejected")
+    min_alignment: float = Field(0.5, ge=0, le=1, description="below: rejected")
+    min_educational_value: float = Field(0.0, ge=0, le=1, description="below: rejected (0 disables)")
+    min_visual_gain: float = Field(
+        0.25, ge=0, le=1, description="below: routed to the text shard (image ops add too little)"
+    )
+    reject_unverifiable: bool = Field(False, description="reject samples without ground truth")

@@ -1,0 +1,62 @@
+"""Routing: scores -> (route, reasons). Pure functions, no I/O; reasons are data.
+
+Order of decisions (default policy in routing.policy.RoutingPolicy):
+ 1. invalid input                         -> rejected  [invalid_input:<kind>]
+ 2. any reject reason below                -> rejected  [all that apply]
+    sandbox_violation (a cell was forbidden), code_failed:<status> (replay failed),
+    observation_mismatch (cells ran but the record contradicts the replay),
+    wrong_answer, unverifiable (only if the policy asks), low_coherence, low_alignment,
+    low_educational_value
+ 3. no input image / visual gain below min -> text      [no_images | low_visual_gain]
+ 4. otherwise                              -> twi       [visual_gain_ok]
+A null score (the judge could not score) never triggers a reason by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from routing.policy import RoutingPolicy
+from schemas import sample as S
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: str
+    reasons: list[str]
+
+
+def _below(score: float | None, threshold: float) -> bool:
+    return score is not None and score < threshold
+
+
+def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
+    """Route one canonical row that carries replay status and the six score columns."""
+    if row.get(S.INPUT_ERROR):
+        return Decision("rejected", [f"invalid_input:{row[S.INPUT_ERROR]}"])
+    score = {d: row.get(S.score_column(d)) for d in S.DIMENSIONS}
+    status = row.get(S.REPLAY_STATUS)
+    reasons: list[str] = []
+    if status == "forbidden":
+        reasons.append("sandbox_violation")
+    elif _below(score["code_correctness"], policy.min_code_correctness):
+        ran = status in ("ok", "no_code")
+        reasons.append("observation_mismatch" if ran else f"code_failed:{status}")
+    if _below(score["scientific_accuracy"], policy.min_scientific_accuracy):
+        reasons.append("wrong_answer")
+    if policy.reject_unverifiable and score["scientific_accuracy"] is None:
+        reasons.append("unverifiable")
+    if _below(score["coherence"], policy.min_coherence):
+        reasons.append("low_coherence")
+    if _below(score["alignment"], policy.min_alignment):
+        reasons.append("low_alignment")
+    if _below(score["educational_value"], policy.min_educational_value):
+        reasons.append("low_educational_value")
+    if reasons:
+        return Decision("rejected", reasons)
+    if not row.get(S.IMAGES):
+        return Decision("text", ["no_images"])
+    if score["visual_gain"] is None or score["visual_gain"] < policy.min_visual_gain:
+        return Decision("text", ["low_visual_gain"])
+    return Decision("twi", ["visual_gain_ok"])

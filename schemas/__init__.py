@@ -1,0 +1,1 @@
+"""Single source of truth for column names and Arrow schemas (see schemas.sample)."""

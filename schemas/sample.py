@@ -1,0 +1,219 @@
+"""The canonical sample: one Arrow schema that every stage reads and writes.
+
+Data flows ingest -> replay -> judges -> routing -> write. Each stage fills its own columns
+and leaves the others as it found them; every table crossing a stage boundary is cast to
+``SAMPLE_SCHEMA`` so a typo in a column name fails loudly instead of adding a column.
+
+Column names live here as constants; no other module spells them as bare strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+# --- enumerations -------------------------------------------------------------------------
+DISCIPLINES = ("mathematics", "physics", "chemistry", "astronomy", "geography", "biology", "unknown")
+ROUTES = ("twi", "text", "rejected")
+DIMENSIONS = (
+    "visual_gain",
+    "coherence",
+    "code_correctness",
+    "scientific_accuracy",
+    "alignment",
+    "educational_value",
+)
+# Replay status of one cell.
+CELL_STATUSES = ("ok", "error", "timeout", "memory", "killed", "forbidden", "skipped")
+
+# --- column names -------------------------------------------------------------------------
+SAMPLE_ID = "sample_id"
+SOURCE = "source"
+DISCIPLINE = "discipline"
+QUESTION = "question"
+GROUND_TRUTH = "ground_truth"
+IMAGES = "images"
+TURNS = "turns"
+FINAL_ANSWER = "final_answer"
+INPUT_ERROR = "input_error"
+RAW = "raw"
+REPLAY = "replay"
+REPLAY_STATUS = "replay_status"
+ROUTE = "route"
+ROUTE_REASONS = "route_reasons"
+TEXT_RESPONSE = "text_response"
+LINEAGE = "lineage"
+
+
+def score_column(dimension: str) -> str:
+    """Column holding the 0..1 score of one dimension (null when the judge could not score)."""
+    return f"score_{dimension}"
+
+
+def explanation_column(dimension: str) -> str:
+    """Column holding the judge's one-line explanation of its score."""
+    return f"why_{dimension}"
+
+
+SCORE_COLUMNS = tuple(score_column(d) for d in DIMENSIONS)
+EXPLANATION_COLUMNS = tuple(explanation_column(d) for d in DIMENSIONS)
+
+# --- nested field names (struct members) -------------------------------------------------------
+# image
+IMG_BYTES, IMG_WIDTH, IMG_HEIGHT, IMG_SHA256, IMG_NAME = "bytes", "width", "height", "sha256", "name"
+# source
+SRC_DATASET, SRC_FILE, SRC_INDEX, SRC_FORMAT = "dataset", "file", "index", "format"
+# turn
+TURN_REASONING, TURN_CODE, TURN_OBS_TEXT, TURN_OBS_IMAGES = (
+    "reasoning",
+    "code",
+    "observation_text",
+    "observation_images",
+)
+# replayed cell
+CELL_INDEX, CELL_TURN, CELL_STATUS, CELL_STDOUT, CELL_ERROR = "cell", "turn", "status", "stdout", "error"
+CELL_DURATION_MS, CELL_IMAGES, CELL_FIDELITY = "duration_ms", "images", "fidelity"
+# lineage
+LIN_PIPELINE_VERSION, LIN_CONFIG_HASH, LIN_RUN_ID, LIN_DERIVED_FROM = (
+    "pipeline_version",
+    "config_hash",
+    "run_id",
+    "derived_from",
+)
+
+IMAGE_TYPE = pa.struct(
+    [
+        pa.field(IMG_NAME, pa.string()),
+        pa.field(IMG_BYTES, pa.binary()),
+        pa.field(IMG_WIDTH, pa.int32()),
+        pa.field(IMG_HEIGHT, pa.int32()),
+        pa.field(IMG_SHA256, pa.string()),
+    ]
+)
+SOURCE_TYPE = pa.struct(
+    [
+        pa.field(SRC_DATASET, pa.string()),
+        pa.field(SRC_FILE, pa.string()),
+        pa.field(SRC_INDEX, pa.int64()),
+        pa.field(SRC_FORMAT, pa.string()),
+    ]
+)
+TURN_TYPE = pa.struct(
+    [
+        pa.field(TURN_REASONING, pa.string()),
+        pa.field(TURN_CODE, pa.string()),
+        pa.field(TURN_OBS_TEXT, pa.string()),
+        pa.field(TURN_OBS_IMAGES, pa.list_(IMAGE_TYPE)),
+    ]
+)
+CELL_TYPE = pa.struct(
+    [
+        pa.field(CELL_INDEX, pa.int32()),
+        pa.field(CELL_TURN, pa.int32()),
+        pa.field(CELL_STATUS, pa.string()),
+        pa.field(CELL_STDOUT, pa.string()),
+        pa.field(CELL_ERROR, pa.string()),
+        pa.field(CELL_DURATION_MS, pa.float64()),
+        pa.field(CELL_IMAGES, pa.list_(IMAGE_TYPE)),
+        pa.field(CELL_FIDELITY, pa.float64()),
+    ]
+)
+LINEAGE_TYPE = pa.struct(
+    [
+        pa.field(LIN_PIPELINE_VERSION, pa.string()),
+        pa.field(LIN_CONFIG_HASH, pa.string()),
+        pa.field(LIN_RUN_ID, pa.string()),
+        pa.field(LIN_DERIVED_FROM, pa.string()),
+    ]
+)
+
+INGEST_FIELDS = [
+    pa.field(SAMPLE_ID, pa.string(), nullable=False),
+    pa.field(SOURCE, SOURCE_TYPE),
+    pa.field(DISCIPLINE, pa.string()),
+    pa.field(QUESTION, pa.string()),
+    pa.field(GROUND_TRUTH, pa.string()),
+    pa.field(IMAGES, pa.list_(IMAGE_TYPE)),
+    pa.field(TURNS, pa.list_(TURN_TYPE)),
+    pa.field(FINAL_ANSWER, pa.string()),
+    pa.field(INPUT_ERROR, pa.string()),
+    pa.field(RAW, pa.string()),
+]
+REPLAY_FIELDS = [
+    pa.field(REPLAY, pa.list_(CELL_TYPE)),
+    pa.field(REPLAY_STATUS, pa.string()),
+]
+SCORE_FIELDS = [pa.field(c, pa.float64()) for c in SCORE_COLUMNS] + [
+    pa.field(c, pa.string()) for c in EXPLANATION_COLUMNS
+]
+ROUTING_FIELDS = [
+    pa.field(ROUTE, pa.string()),
+    pa.field(ROUTE_REASONS, pa.list_(pa.string())),
+    pa.field(TEXT_RESPONSE, pa.string()),
+    pa.field(LINEAGE, LINEAGE_TYPE),
+]
+
+SAMPLE_SCHEMA = pa.schema(INGEST_FIELDS + REPLAY_FIELDS + SCORE_FIELDS + ROUTING_FIELDS)
+# Partition columns of the written shards (hive layout route=<r>/discipline=<d>/).
+PARTITION_COLUMNS = (ROUTE, DISCIPLINE)
+
+
+def empty_row() -> dict[str, Any]:
+    """A row with every column present and null, to be filled by the stages."""
+    return {f.name: None for f in SAMPLE_SCHEMA}
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts with any subset of the columns) -> a table of exactly SAMPLE_SCHEMA."""
+    unknown = {k for r in rows for k in r} - set(SAMPLE_SCHEMA.names)
+    if unknown:
+        raise KeyError(f"columns not in schemas.SAMPLE_SCHEMA: {sorted(unknown)}")
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+
+
+def image_record(name: str, data: bytes, width: int, height: int) -> dict[str, Any]:
+    """The IMAGE_TYPE struct for encoded image bytes."""
+    return {
+        IMG_NAME: name,
+        IMG_BYTES: data,
+        IMG_WIDTH: int(width),
+        IMG_HEIGHT: int(height),
+        IMG_SHA256: hashlib.sha256(data).hexdigest(),
+    }
+
+
+def compute_sample_id(
+    question: str | None,
+    image_hashes: list[str],
+    turns: list[dict[str, Any]],
+    final_answer: str | None,
+) -> str:
+    """Stable content hash of a trajectory: same content -> same id, whatever file it came from.
+
+    ``turns`` are TURN_TYPE dicts; observation images count by their sha256, not their name.
+    """
+    canon = {
+        "q": question or "",
+        "img": list(image_hashes),
+        "turns": [
+            [
+                t.get(TURN_REASONING) or "",
+                t.get(TURN_CODE) or "",
+                t.get(TURN_OBS_TEXT) or "",
+                [i[IMG_SHA256] for i in (t.get(TURN_OBS_IMAGES) or [])],
+            ]
+            for t in turns
+        ],
+        "a": final_answer or "",
+    }
+    blob = json.dumps(canon, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def invalid_sample_id(source_file: str, index: int, raw: str) -> str:
+    """Id of a record that could not be parsed: derived from where it came from and its bytes."""
+    blob = f"{source_file}\x00{index}\x00{raw}".encode("utf-8", "replace")
+    return "invalid-" + hashlib.sha256(blob).hexdigest()[:16]

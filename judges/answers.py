@@ -13,8 +13,10 @@ from __future__ import annotations
 import re
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_OPTION = re.compile(r"^\s*(?:option\s*)?\(?([A-Ha-h])\)?(?:[.):]\s*.*|\s*)$", re.S)
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?\s*%?")
+_OPTION = re.compile(r"^\s*(?:option\s*)?\(?([A-Ha-h])\)?(?:[.):]\s*.*|\s*)$", re.S | re.I)
+_NUMBER = re.compile(
+    r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?\s*%?"
+)
 
 
 def unwrap(text: str) -> str:

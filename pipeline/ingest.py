@@ -130,7 +130,7 @@ def parse_line(line: bytes, file: str, index: int, cfg: IngestConfig) -> dict[st
 
 
 def _invalid_row(file: str, index: int, line: bytes, kind: str, cfg: IngestConfig) -> dict[str, Any]:
-    raw = line.decode("utf-8", "replace")
+    raw = line.decode("utf-8", "replace").rstrip("\r\n")
     row = S.empty_row()
     row.update(
         {

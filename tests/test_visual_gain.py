@@ -1,0 +1,66 @@
+import cv2
+import numpy as np
+import pytest
+
+from judges.visual_gain import VisualGainJudge, budget_scale, image_gain, register
+from schemas import sample as S
+from tests.images import detailed_page, png, simple_sketch, zoom
+
+BUDGET = 1280 * 28 * 28
+
+
+@pytest.fixture(scope="module")
+def page():
+    return detailed_page()
+
+
+def test_budget_scale_matches_qwen_budget():
+    assert budget_scale(1000, 1000, BUDGET) == 1.0
+    assert budget_scale(3000, 3000, BUDGET) == pytest.approx((BUDGET / 9e6) ** 0.5)
+
+
+def test_registration_recovers_crop_box_and_magnification(page):
+    out = zoom(page, 1450, 1450, 1700, 1600, 4)
+    reg = register(page, out)
+    assert reg.corr > 0.8
+    assert reg.zoom_k == pytest.approx(4, rel=0.05)
+    x, y, w, h = reg.box
+    assert abs(x - 1450) <= 15 and abs(y - 1450) <= 15
+    assert w == pytest.approx(250, rel=0.06) and h == pytest.approx(150, rel=0.06)
+
+
+def test_zoom_on_tiny_text_in_large_image_scores_high(page):
+    gain, why = image_gain(page, zoom(page, 1450, 1450, 1700, 1600, 4), BUDGET)
+    assert gain >= 0.8, why
+
+
+def test_output_equal_to_input_scores_zero(page):
+    assert image_gain(page, page.copy(), BUDGET)[0] == 0.0
+
+
+def test_downscaled_copy_scores_zero(page):
+    small = cv2.resize(page, (1000, 1000), interpolation=cv2.INTER_AREA)
+    assert image_gain(page, small, BUDGET)[0] == 0.0
+
+
+def test_blank_and_tiny_outputs_score_zero(page):
+    assert image_gain(page, np.full((500, 500), 128, np.uint8), BUDGET) == (0.0, "output blank")
+    assert image_gain(page, page[1500:1520, 1500:1520], BUDGET)[0] == 0.0
+
+
+def test_zoom_into_region_already_legible_at_budget_scores_low():
+    sketch = simple_sketch()
+    gain, why = image_gain(sketch, zoom(sketch, 90, 90, 420, 320, 3), BUDGET)
+    assert gain < 0.1, why
+
+
+def test_judge_takes_best_produced_image_and_handles_no_images(page):
+    judge = VisualGainJudge()
+    inp = S.image_record("in.png", png(page), 3000, 3000)
+    good = S.image_record("z.png", png(zoom(page, 1450, 1450, 1700, 1600, 4)), 1000, 600)
+    same = S.image_record("c.png", png(page), 3000, 3000)
+    row = {S.IMAGES: [inp], S.REPLAY: [{S.CELL_IMAGES: [same]}, {S.CELL_IMAGES: [good]}]}
+    assert judge.judge(row).score >= 0.8
+    row[S.REPLAY] = [{S.CELL_IMAGES: []}]
+    assert judge.judge(row).score == 0.0
+    assert judge.judge({S.IMAGES: [], S.REPLAY: []}).score is None

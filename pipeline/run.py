@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SHARDS_DIR = "shards"
 
 
-def init_ray(address: str | None = None, quiet: bool = False) -> None:
+def init_ray(address: str | None = None, quiet: bool = False, num_cpus: int | None = None) -> None:
     """Start (or join) Ray once per run. Local runs stay on loopback."""
     if ray.is_initialized():
         return
@@ -44,6 +44,7 @@ def init_ray(address: str | None = None, quiet: bool = False) -> None:
     # Keeps a local single-node Ray on 127.0.0.1 instead of the machine's network address.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
+        num_cpus=num_cpus,
         include_dashboard=False,
         log_to_driver=not quiet,
         logging_level=logging.WARNING,
@@ -66,6 +67,7 @@ def run_pipeline(
     address: str | None = None,
     limit: int | None = None,
     quiet: bool = False,
+    num_cpus: int | None = None,
 ) -> dict[str, Any]:
     """Curate ``inputs`` into ``out_dir``; returns the manifest (also written as manifest.json)."""
     started = time.time()
@@ -83,7 +85,7 @@ def run_pipeline(
     staging = out_dir / f".staging-{run_id}"
 
     t = time.perf_counter()
-    init_ray(address, quiet=quiet)
+    init_ray(address, quiet=quiet, num_cpus=num_cpus)
     timings["ray_init_s"] = round(time.perf_counter() - t, 3)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not quiet

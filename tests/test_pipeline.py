@@ -1,0 +1,132 @@
+"""End to end on real Ray: the bundled corpus through ingest, sandboxed replay, judges, routing
+and Parquet, read back with DuckDB."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import duckdb
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import DEFAULT_N, app, cache_dir
+from pipeline.config import RunConfig
+from pipeline.manifest import read_manifest
+from pipeline.run import run_pipeline
+from schemas import sample as S
+
+pytestmark = pytest.mark.timeout(900)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(cache_root):
+    return cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0"
+
+
+@pytest.fixture(scope="module")
+def curated(ray_local, cache_root, tmp_path_factory):
+    """`twi-curate run` with no INPUT: the embedded default (bundled corpus, cached)."""
+    out = tmp_path_factory.mktemp("run") / "curated"
+    result = runner.invoke(app, ["run", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def labels(corpus_dir):
+    return [json.loads(line) for line in (corpus_dir / "labels.jsonl").read_text().splitlines()]
+
+
+def shard_rows(out):
+    con = duckdb.connect()
+    return con.execute(
+        f"SELECT {S.SAMPLE_ID}, {S.ROUTE}, {S.ROUTE_REASONS}, {S.DISCIPLINE} "
+        f"FROM read_parquet('{out}/shards/**/*.parquet', hive_partitioning = true)"
+    ).fetchall()
+
+
+def test_default_run_fills_all_routes_and_disciplines(curated):
+    out, output = curated
+    m = read_manifest(out)
+    assert m["input_records"] == DEFAULT_N
+    assert all(m["routes"][r] > 0 for r in S.ROUTES), m["routes"]
+    assert set(m["by_discipline"]) == set(S.DISCIPLINES) - {"unknown"}
+    assert "routes" in output and "Agreement with labels.jsonl" in output
+    for key in ("run_id", "config_hash", "reasons", "versions", "timings"):
+        assert m[key]
+    assert {"replay", "judges", "routing"} <= set(m["timings"]["stages"])
+
+
+def test_conservation_in_manifest_and_shards(curated):
+    out, _ = curated
+    m = read_manifest(out)
+    assert m["conservation"]["ok"]
+    assert sum(m["routes"].values()) == m["input_records"]
+    rows = shard_rows(out)
+    assert len(rows) == m["input_records"]
+    assert all(reasons for _, route, reasons, _ in rows if route == "rejected")
+    files = list((out / "shards").glob("route=*/discipline=*/*.parquet"))
+    assert {f.parent.parent.name for f in files} == {f"route={r}" for r in S.ROUTES}
+
+
+def test_each_bad_case_lands_where_its_label_says(curated, corpus_dir):
+    out, _ = curated
+    got = {sid: route for sid, route, _, _ in shard_rows(out)}
+    wrong = [(lab["case"], lab["expected_route"], got.get(lab["sample_id"])) for lab in labels(corpus_dir)
+             if got.get(lab["sample_id"]) != lab["expected_route"]]
+    bad_cases = {"failing_code", "redundant", "fabricated", "wrong_answer", "hostile"}
+    assert not [w for w in wrong if w[0] in bad_cases], wrong
+    agreement = 1 - len(wrong) / len(labels(corpus_dir))
+    assert agreement >= 0.9, wrong
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["agreement"] == pytest.approx(agreement, abs=1e-3)
+
+
+def test_hostile_code_is_rejected_as_sandbox_violation(curated, corpus_dir):
+    out, _ = curated
+    reasons = {sid: r for sid, _, r, _ in shard_rows(out)}
+    hostile = [lab["sample_id"] for lab in labels(corpus_dir) if lab["case"] == "hostile"]
+    assert hostile
+    for sid in hostile:
+        assert "sandbox_violation" in reasons[sid] or any(r.startswith("code_failed") for r in reasons[sid])
+
+
+def test_routing_does_not_depend_on_the_labels_file(ray_local, curated, corpus_dir, tmp_path):
+    """Same corpus, labels inverted and then removed: every sample routes exactly as before."""
+    out, _ = curated
+    before = {sid: route for sid, route, _, _ in shard_rows(out)}
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, copy)
+    flipped = {"twi": "rejected", "text": "twi", "rejected": "text"}
+    (copy / "labels.jsonl").write_text(
+        "\n".join(json.dumps({**lab, "expected_route": flipped[lab["expected_route"]]}) for lab in labels(copy))
+    )
+    out2 = tmp_path / "out-flipped"
+    run_pipeline([copy], out2, RunConfig(), quiet=True)
+    assert {sid: route for sid, route, _, _ in shard_rows(out2)} == before
+    (copy / "labels.jsonl").unlink()
+    out3 = tmp_path / "out-nolabels"
+    run_pipeline([copy / "corpus.jsonl"], out3, RunConfig(), quiet=True)
+    assert {sid: route for sid, route, _, _ in shard_rows(out3)} == before
+
+
+def test_inspect_summaries_and_sql(curated):
+    out, _ = curated
+    result = runner.invoke(app, ["inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    for title in ("routes by discipline", "mean score per dimension by route", "top rejection reasons"):
+        assert title in result.output
+    result = runner.invoke(app, ["inspect", str(out), "--sql", "SELECT count(*) AS n FROM samples"])
+    assert result.exit_code == 0 and str(DEFAULT_N) in result.output
+    result = runner.invoke(app, ["inspect", str(out), "--sql", "SELECT nope FROM samples"])
+    assert result.exit_code == 2 and "query failed" in result.output
+
+
+def test_rerun_replaces_shards_and_limit_counts(ray_local, corpus_dir, tmp_path):
+    out = tmp_path / "o"
+    run_pipeline([corpus_dir], out, RunConfig(), limit=5, quiet=True)
+    run_pipeline([corpus_dir], out, RunConfig(), limit=3, quiet=True)
+    m = read_manifest(out)
+    assert m["input_records"] == 3 and m["conservation"]["ok"]
+    assert len(shard_rows(out)) == 3

@@ -4,7 +4,9 @@ Order of checks (first that applies decides):
  1. unwrap ``<answer>...</answer>`` and ``\\boxed{...}``;
  2. option letters: ``C``, ``(C)``, ``C.``, ``C) text``, ``Option C`` compare as letters;
  3. numbers: the first number of each side (fractions ``3/4``, percentages, thousands separators,
-    units ignored) equal within a relative tolerance of 1e-2 (absolute 1e-6 near zero);
+    scientific notation; units ignored) agree to the precision the ground truth is written in:
+    |pred − gold| ≤ max(half a unit of gold's last written digit, rel_tol · |gold|), rel_tol = 1e-3
+    (so gold "933" rejects 938, gold "12.5" accepts 12.54, gold "1/3" accepts 0.3333);
  4. text: case-, space- and punctuation-insensitive equality.
 """
 
@@ -44,6 +46,12 @@ def option_letter(text: str) -> str | None:
 
 
 def first_number(text: str) -> float | None:
+    found = _first_number(text)
+    return None if found is None else found[0]
+
+
+def _first_number(text: str) -> tuple[float, float] | None:
+    """(value, half a unit of its last written digit; 0 for fractions) of the first number."""
     for m in _NUMBER.finditer(text):
         s = m.group().strip()
         if not any(ch.isdigit() for ch in s):
@@ -53,12 +61,15 @@ def first_number(text: str) -> float | None:
         try:
             if "/" in s:
                 num, den = s.split("/")
-                value = float(num) / float(den)
+                value, half_unit = float(num) / float(den), 0.0
             else:
                 value = float(s)
+                mantissa, _, exp = s.lower().partition("e")
+                decimals = len(mantissa.partition(".")[2])
+                half_unit = 0.5 * 10 ** (-decimals + (int(exp) if exp else 0))
         except (ValueError, ZeroDivisionError):
             continue
-        return value / 100.0 if percent else value
+        return (value / 100.0, half_unit / 100.0) if percent else (value, half_unit)
     return None
 
 
@@ -66,7 +77,7 @@ def _norm_text(text: str) -> str:
     return re.sub(r"[\W_]+", "", text.lower())
 
 
-def answers_match(pred: str | None, gold: str | None, rel_tol: float = 1e-2) -> bool:
+def answers_match(pred: str | None, gold: str | None, rel_tol: float = 1e-3) -> bool:
     """True when the prediction states the ground truth (see module docstring for the rules)."""
     if pred is None or gold is None:
         return False
@@ -74,11 +85,10 @@ def answers_match(pred: str | None, gold: str | None, rel_tol: float = 1e-2) -> 
     gl, pl = option_letter(g), option_letter(p)
     if gl is not None:
         return pl == gl
-    gn, pn = first_number(g), first_number(p)
-    if gn is not None:
-        if pn is None:
+    gold_num, pred_num = _first_number(g), first_number(p)
+    if gold_num is not None:
+        if pred_num is None:
             return False
-        if gn == 0:
-            return abs(pn) <= 1e-6
-        return abs(pn - gn) <= rel_tol * abs(gn)
+        value, half_unit = gold_num
+        return abs(pred_num - value) <= max(half_unit, rel_tol * abs(value), 1e-12)
     return bool(_norm_text(g)) and _norm_text(p) == _norm_text(g)

@@ -21,7 +21,7 @@ class _Strict(BaseModel):
 
 
 class IngestConfig(_Strict):
-    lines_per_task: int = Field(32, ge=1, description="records per ingest read task")
+    lines_per_task: int = Field(4, ge=1, description="records per ingest read task (small: parallel replay)")
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="images with more pixels are rejected as decompression bombs"
     )

@@ -103,7 +103,7 @@ def run_pipeline(
             fn_constructor_kwargs={"cfg": cfg.replay, "stage_metrics": metrics},
             batch_size=cfg.replay.batch_size,
             batch_format="pyarrow",
-            concurrency=pool,
+            compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=cfg.replay.cpus_per_actor,
         )
         judges_factory = partial(metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px)
@@ -112,7 +112,7 @@ def run_pipeline(
             fn_constructor_kwargs={"judges_factory": judges_factory, "stage_metrics": metrics},
             batch_size=cfg.judges.batch_size,
             batch_format="pyarrow",
-            concurrency=(1, pool),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
             num_cpus=cfg.judges.cpus_per_task,
         )
         ds = ds.map_batches(

@@ -12,13 +12,20 @@ CASES = [
     ("\\boxed{\\frac{1}{2}}", "1/2", False),  # LaTeX fractions are the LLM/sympy judge's job
     ("0.5", "1/2", True),
     ("50%", "0.5", True),
-    ("12.6", "12.5", True),  # within 1 %
+    ("12.54", "12.5", True),  # within gold's written precision
+    ("12.6", "12.5", False),
     ("13", "12.5", False),
+    ("938 m", "933 m", False),  # a misread label is wrong, however close
+    ("933", "933 m", True),
+    ("0.3333", "1/3", True),
+    ("0.33", "1/3", False),
+    ("9.81", "9.8", True),
     ("1,250", "1250", True),
     ("-3.2", "-3.2", True),
     ("3.2", "-3.2", False),
     ("0", "0", True),
-    ("0.001", "0", False),
+    ("0.4", "0", True),  # gold "0" is written to the unit
+    ("0.001", "0.000", False),
     ("C", "C", True),
     ("(C)", "C", True),
     ("C. 12 cm", "C", True),

@@ -29,9 +29,8 @@ def ray_local():
 @pytest.fixture(scope="session")
 def cache_root(tmp_path_factory):
     """A TWI_CURATE_CACHE holding the default corpus, built once per session."""
-    from pipeline.sample_corpus import ensure_sample_corpus
-
     from pipeline.cli import DEFAULT_N, cache_dir
+    from pipeline.sample_corpus import ensure_sample_corpus
 
     root = tmp_path_factory.mktemp("cache")
     old = os.environ.get("TWI_CURATE_CACHE")

@@ -12,7 +12,7 @@ For every image O (w×h) that the replay produced:
     view: the share of O's contrast energy that would vanish at the resolution the model had for R.
     Upscaled crops of regions that were already legible are band-limited, so L ≈ 0; tiny text or
     fine structure gives a large L.
- 4. gain(O) = min(1, L / 0.25) when z > 1.05, else 0 (output ≈ input or shrunk).
+ 4. gain(O) = min(1, L / 0.2) when z > 1.05, else 0 (output ≈ input or shrunk).
  Unregistered outputs (edge maps, masks, plots) are transforms of the whole view:
     gain(O) = 0.5 · (1 − SSIM(O, I) on 256-px thumbnails)   (capped at 0.5: new rendering, no new pixels).
  Blank (grey-level std < 2) or tiny (< 28 px side) outputs score 0.
@@ -36,7 +36,7 @@ from judges.base import Verdict
 from schemas import sample as S
 
 REGISTER_MIN_CORR = 0.6
-FULL_GAIN_LOSS = 0.25
+FULL_GAIN_LOSS = 0.2
 MIN_ZOOM = 1.05
 MIN_SIDE = 28
 THUMB_SIDE = 1024

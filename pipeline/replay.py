@@ -10,6 +10,7 @@ per sample ``replay_status`` sums it up:
 from __future__ import annotations
 
 import io
+import os
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from pipeline.fidelity import cell_fidelity
 from pipeline.sandbox import InputImage, ProcessSandbox, SandboxLimits
 from schemas import sample as S
 
+UID_BASE, UID_RANGE = 60000, 5000
 STATUS_SEVERITY = ("forbidden", "memory", "timeout", "killed", "error")
 
 
@@ -28,6 +30,20 @@ def sandbox_limits(cfg: ReplayConfig) -> SandboxLimits:
     return SandboxLimits(
         cell_timeout_s=cfg.cell_timeout_s, total_timeout_s=cfg.total_timeout_s, memory_mb=cfg.memory_mb
     )
+
+
+def sandbox_uid() -> int:
+    """A uid of its own for this actor's sandbox, so RLIMIT_NPROC (counted per uid) of one
+    fork-bombing trajectory cannot starve the sandboxes of other actors on the node."""
+    import hashlib
+
+    import ray
+
+    try:
+        key = ray.get_runtime_context().get_actor_id() or str(os.getpid())
+    except Exception:  # not inside Ray
+        key = str(os.getpid())
+    return UID_BASE + int(hashlib.sha256(key.encode()).hexdigest(), 16) % UID_RANGE
 
 
 def summarize_status(statuses: list[str]) -> str:
@@ -89,7 +105,7 @@ class ReplayActor:
     """Ray Data actor: owns one sandbox for its lifetime and replays batches of samples."""
 
     def __init__(self, cfg: ReplayConfig, stage_metrics: Any = None):
-        self.sandbox = ProcessSandbox(sandbox_limits(cfg))
+        self.sandbox = ProcessSandbox(sandbox_limits(cfg), uid=sandbox_uid(), gid=sandbox_uid())
         self.metrics = stage_metrics
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -26,6 +26,6 @@ class RoutingPolicy(BaseModel):
     min_alignment: float = Field(0.5, ge=0, le=1, description="below: rejected")
     min_educational_value: float = Field(0.0, ge=0, le=1, description="below: rejected (0 disables)")
     min_visual_gain: float = Field(
-        0.25, ge=0, le=1, description="below: routed to the text shard (image ops add too little)"
+        0.15, ge=0, le=1, description="below: routed to the text shard (image ops add too little)"
     )
     reject_unverifiable: bool = Field(False, description="reject samples without ground truth")

@@ -1,0 +1,679 @@
+"""Level 1 replay sandbox: one fresh, hardened child interpreter per trajectory.
+
+The parent side of the sandbox. It prepares a private work directory, starts
+``runner.py`` (which isolates itself, see its docstring) with a clean environment, sends the cells
+one at a time over a pipe, enforces the wall-clock limits by killing the child's whole process
+group, and validates every message that comes back (JSON only; nothing from the child is
+unpickled, and the only image format the parent accepts is PNG).
+
+Layers (see :func:`isolation_report`): separate process with a clean environment; new session;
+parent-death signal; no_new_privs; network, PID and mount namespaces (empty network, a private
+/proc, every mount read-only, /tmp replaced by an empty read-only tmpfs holding only the work dir);
+rlimits; unprivileged uid; wall-clock kill of the whole process group; capped output.
+
+What this level does *not* give (the zygote level adds it): the child can still *read*
+world-readable host files (the project tree, /etc/passwd, /sys); no seccomp filter (an
+unprivileged child can still create a user namespace, connect to a world-writable AF_UNIX socket
+if the host has one, ptrace its own processes); no cgroup (memory is bounded per process by RLIMIT_AS,
+not per trajectory, and disk use in the work dir only by RLIMIT_FSIZE per file and the clock);
+RLIMIT_NPROC is per uid, so concurrent sandboxes should each get their own ``uid``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import binascii
+import contextlib
+import functools
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from dataclasses import asdict
+from pathlib import Path
+
+from pipeline.sandbox.base import (
+    CHILD_STATUSES,
+    STATUS_KILLED,
+    STATUS_MEMORY,
+    STATUS_SKIPPED,
+    STATUS_TIMEOUT,
+    CellOutcome,
+    InputImage,
+    SandboxError,
+    SandboxLimits,
+    SandboxUnavailableError,
+)
+
+RUNNER_PATH = Path(__file__).with_name("runner.py")
+NOBODY_UID = 65534
+NOGROUP_GID = 65534
+
+# Layers the sandbox refuses to run without, unless constructed with allow_weaker=True.
+DEFAULT_REQUIRED_LAYERS = frozenset(
+    {
+        "separate_process",
+        "clean_environment",
+        "rlimits",
+        "wall_clock_kill",
+        "output_cap",
+        "network_namespace",
+        "unprivileged_uid",
+    }
+)
+
+_HEADER = struct.Struct(">I")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IMAGE_NAME = re.compile(r"^cell\d+_\d+_[A-Za-z0-9._-]{1,80}\.png$")
+_MAX_READY_BYTES = 1 << 20
+_POLL_S = 0.2  # how often a waiting parent checks that the child is still alive
+_LOG_TAIL_BYTES = 2048
+_REAP_TIMEOUT_S = 5.0  # how long kill() waits for the last process of the session to go
+_SIGNAL_REASONS = {
+    signal.SIGXCPU: "CPU time limit exceeded (SIGXCPU)",
+    signal.SIGKILL: "killed by SIGKILL (CPU hard limit or out of memory)",
+    signal.SIGSEGV: "crashed (SIGSEGV)",
+    signal.SIGABRT: "aborted (SIGABRT)",
+    signal.SIGBUS: "crashed (SIGBUS)",
+    signal.SIGXFSZ: "file size limit exceeded (SIGXFSZ)",
+}
+_MEMORY_HINTS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory", "Insufficient memory")
+_RUNNER_EXIT_REASONS = {
+    70: "the parent died before the sandbox started",
+    71: "sandbox set-up failed",
+    72: "the request pipe broke",
+}
+
+
+class _ChildGone(Exception):
+    pass
+
+
+class _Deadline(Exception):
+    pass
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+# capabilities of this machine
+# ------------------------------------------------------------------------------------------------
+def _clean_env(home: str, mpl_dir: str) -> dict[str, str]:
+    """The child's complete environment. Nothing is inherited from the parent (API keys...)."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": mpl_dir,
+        "OPENCV_IO_MAX_IMAGE_PIXELS": str(1 << 27),
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONIOENCODING": "utf-8",
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _probe(python: str) -> tuple[tuple[str, bool], ...]:
+    """Ask a throw-away child which kernel-level layers it can apply here."""
+    try:
+        done = subprocess.run(
+            [python, "-s", "-P", "-B", str(RUNNER_PATH), "--probe"],
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        result = json.loads(done.stdout.decode("utf-8") or "{}")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        result = {}
+    return tuple(sorted((str(k), bool(v)) for k, v in result.items()))
+
+
+def isolation_report(python: str | None = None) -> dict[str, bool]:
+    """Which isolation layers :class:`ProcessSandbox` applies on this machine (False = missing)."""
+    probe = dict(_probe(python or sys.executable))
+    return {
+        "separate_process": True,
+        "clean_environment": True,
+        "new_session": True,
+        "parent_death_signal": probe.get("parent_death_signal", False),
+        "no_new_privs": probe.get("no_new_privs", False),
+        "network_namespace": probe.get("network_namespace", False),
+        "pid_namespace": probe.get("pid_namespace", False),
+        "unprivileged_uid": os.geteuid() == 0,  # only root can switch to another uid
+        "rlimits": True,
+        "wall_clock_kill": True,
+        "output_cap": True,
+        "mount_namespace": probe.get("mount_namespace", False),
+        "read_only_filesystem": probe.get("read_only_filesystem", False),
+        "seccomp": False,
+        "cgroups": False,
+    }
+
+
+_shared_mpl_lock = threading.Lock()
+_shared_mpl_dir: str | None = None
+
+
+def _matplotlib_config_dir(python: str) -> str:
+    """One root-owned, world-readable MPLCONFIGDIR per parent process (its font cache is reused)."""
+    global _shared_mpl_dir
+    with _shared_mpl_lock:
+        if _shared_mpl_dir is None or not os.path.isdir(_shared_mpl_dir):
+            path = tempfile.mkdtemp(prefix="twi-sandbox-mpl-")
+            os.chmod(path, 0o755)
+            atexit.register(shutil.rmtree, path, True)
+            _warm_matplotlib_cache(python, path)
+            _shared_mpl_dir = path
+        return _shared_mpl_dir
+
+
+def _warm_matplotlib_cache(python: str, path: str) -> None:
+    """Build matplotlib's font cache once, so every child starts identically (and faster)."""
+    code = "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [python, "-s", "-P", "-B", "-c", code],
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MPLCONFIGDIR": path, "HOME": path},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+            check=False,
+        )
+
+
+def _world_traversable(path: str) -> bool:
+    current = os.path.abspath(path)
+    while True:
+        if not os.stat(current).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
+
+
+def _input_extension(image: InputImage) -> str:
+    ext = os.path.splitext(image.name)[1].lower().lstrip(".")
+    if ext and ext.isascii() and ext.isalnum() and len(ext) <= 8:
+        return ext
+    data = image.data[:16]
+    if data.startswith(_PNG_SIGNATURE):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpg"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "webp"
+    return "img"
+
+
+def _clean_text(value: object, cap: int, what: str) -> str:
+    if not isinstance(value, str):
+        raise _ProtocolError(f"{what} is not a string")
+    text = value.encode("utf-8", "replace").decode("utf-8")  # drops lone surrogates
+    data = text.encode("utf-8")
+    if len(data) > cap:
+        text = data[:cap].decode("utf-8", "ignore") + f"\n[output truncated: {len(data) - cap} bytes dropped]"
+    return text
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Pids of the non-zombie processes in process group ``pgid`` (from /proc)."""
+    members = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return members
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
+            members.append(int(name))
+    return members
+
+
+# ------------------------------------------------------------------------------------------------
+# one running child
+# ------------------------------------------------------------------------------------------------
+class _Child:
+    """The parent's handle on one sandbox child: pipes, process group, log file."""
+
+    def __init__(self, proc: subprocess.Popen, req_w: int, resp_r: int, log_path: str) -> None:
+        self.proc = proc
+        self.req_w = req_w
+        self.resp_r = resp_r
+        self.log_path = log_path
+        self.killed = False
+        os.set_blocking(req_w, False)
+        os.set_blocking(resp_r, False)
+
+    def _wait_fd(self, fd: int, event: int, deadline: float, check_alive: bool = True) -> None:
+        poller = select.poll()
+        poller.register(fd, event)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Deadline
+            if poller.poll(min(remaining, _POLL_S) * 1000.0):
+                return
+            if check_alive and self.proc.poll() is not None:
+                raise _ChildGone
+
+    def send(self, obj: dict, deadline: float) -> None:
+        data = json.dumps(obj, ensure_ascii=True).encode("ascii")
+        view = memoryview(_HEADER.pack(len(data)) + data)
+        while view:
+            self._wait_fd(self.req_w, select.POLLOUT, deadline)
+            try:
+                n = os.write(self.req_w, view)
+            except BlockingIOError:
+                continue
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise _ChildGone from exc
+            view = view[n:]
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        chunks = []
+        while n:
+            self._wait_fd(self.resp_r, select.POLLIN, deadline)
+            try:
+                chunk = os.read(self.resp_r, min(n, 1 << 20))
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise _ChildGone
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def recv(self, deadline: float, max_bytes: int) -> dict:
+        (length,) = _HEADER.unpack(self._read(_HEADER.size, deadline))
+        if length > max_bytes:
+            raise _ProtocolError(f"message of {length} bytes exceeds the {max_bytes}-byte limit")
+        body = self._read(length, deadline)
+        try:
+            msg = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise _ProtocolError(f"undecodable message: {type(exc).__name__}") from exc
+        if not isinstance(msg, dict):
+            raise _ProtocolError("message is not a JSON object")
+        return msg
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - _LOG_TAIL_BYTES))
+                return fh.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def death(self, limits: SandboxLimits) -> tuple[str, str]:
+        """(status, reason) for a child that died while running a cell."""
+        try:
+            rc = self.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            rc = None
+        tail = self.log_tail()
+        if rc is None:
+            reason = "sandbox process stopped responding"
+        elif rc < 0 or rc > 128:
+            sig = -rc if rc < 0 else rc - 128
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            reason = f"sandbox process {_SIGNAL_REASONS.get(sig, f'killed by {name}')}"
+            if sig == signal.SIGXCPU:
+                reason += f" after {limits.cpu_s} s of CPU"
+        elif rc in _RUNNER_EXIT_REASONS:
+            reason = f"sandbox process exited: {_RUNNER_EXIT_REASONS[rc]}"
+        else:
+            reason = f"sandbox process exited with code {rc} while running the cell"
+        status = STATUS_MEMORY if any(h in tail for h in _MEMORY_HINTS) else STATUS_KILLED
+        if tail:
+            reason += "\n[sandbox log]\n" + tail[-1024:]
+        return status, reason
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (and with it the PID namespace), then reap. Idempotent."""
+        if self.killed:
+            return
+        self.killed = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        # Return only once every process of the session is dead. Its members all hold the
+        # response pipe unless they closed it, so wait for EOF first, then confirm with /proc.
+        # (With a PID namespace the orphaned init stays a zombie until the machine's init
+        # reaps it; a zombie is not a survivor.)
+        deadline = time.monotonic() + _REAP_TIMEOUT_S
+        with contextlib.suppress(_Deadline, _ChildGone):
+            while True:
+                self._wait_fd(self.resp_r, select.POLLIN, deadline, check_alive=False)
+                try:
+                    if not os.read(self.resp_r, 1 << 16):
+                        break
+                except BlockingIOError:
+                    continue
+        while _live_members(self.proc.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            time.sleep(0.005)
+        for fd in (self.req_w, self.resp_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------
+# the sandbox
+# ------------------------------------------------------------------------------------------------
+class ProcessSandbox:
+    """One fresh child interpreter per :meth:`replay` (per trajectory).
+
+    ``uid``/``gid``: the unprivileged identity the child drops to (a distinct uid per concurrent
+    slot makes RLIMIT_NPROC per-slot). ``allow_weaker``: run even if a layer in
+    ``required_layers`` is unavailable here (e.g. not root). ``preload``: pre-import the image
+    libraries before the privilege drop (turning it off is only for tests of the machinery).
+    """
+
+    level = "process"
+
+    def __init__(
+        self,
+        limits: SandboxLimits | None = None,
+        *,
+        uid: int = NOBODY_UID,
+        gid: int = NOGROUP_GID,
+        base_dir: str | os.PathLike[str] | None = None,
+        python: str | None = None,
+        required_layers: frozenset[str] | set[str] = DEFAULT_REQUIRED_LAYERS,
+        allow_weaker: bool = False,
+        preload: bool = True,
+        disable_aslr: bool = True,
+    ) -> None:
+        self.limits = limits or SandboxLimits()
+        self.python = python or sys.executable
+        self.required_layers = frozenset(required_layers)
+        self.preload = preload
+        self.disable_aslr = disable_aslr
+        self.report = isolation_report(self.python)
+        missing = sorted(layer for layer in self.required_layers if not self.report.get(layer))
+        if missing and not allow_weaker:
+            raise SandboxUnavailableError(
+                "refusing to run untrusted code: isolation layer(s) unavailable here: "
+                + ", ".join(missing)
+                + " (pass allow_weaker=True to accept a weaker sandbox)"
+            )
+        self.can_drop = os.geteuid() == 0
+        self.uid = uid if self.can_drop else None
+        self.gid = gid if self.can_drop else None
+        self._base = tempfile.mkdtemp(prefix="twi-sandbox-", dir=base_dir)
+        os.chmod(self._base, 0o711)  # the child may enter its own work dir, not list the others
+        if self.can_drop and not _world_traversable(self._base):
+            shutil.rmtree(self._base, ignore_errors=True)
+            raise SandboxError(f"{self._base} is not reachable by uid {uid}; pass another base_dir")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._base, True)  # also at exit
+        self._mpl_dir = _matplotlib_config_dir(self.python)
+        self._closed = False
+        # Run the cells under a pid-1 init in a new PID namespace when the kernel allows it, so
+        # that nothing the cells start (even after setsid) outlives the trajectory. Only tests
+        # turn this off, to exercise the fallback used where PID namespaces are unavailable.
+        self.use_pid_namespace = True
+        # Diagnostics of the last replay (not part of the Sandbox protocol).
+        self.last_pid: int | None = None
+        self.last_layers: dict[str, bool] = {}
+        self.last_notes: list[str] = []
+        self.last_startup_ms: float | None = None
+
+    # -- protocol -------------------------------------------------------------------------------
+    def replay(self, cells: list[str], images: list[InputImage]) -> list[CellOutcome]:
+        if self._closed:
+            raise SandboxError("replay() on a closed sandbox")
+        cells = list(cells)
+        for code in cells:
+            if not isinstance(code, str):
+                raise TypeError(f"cells must be strings, got {type(code).__name__}")
+        if not cells:
+            return []
+        images = list(images)
+        limits = self.limits
+        started = time.monotonic()
+        total_deadline = started + limits.total_timeout_s
+        outcomes: list[CellOutcome] = []
+        try:
+            work_dir, ctl_dir = self._make_dirs(images)
+        except OSError as exc:
+            reason = f"not run: cannot prepare the work directory: {exc}"
+            return [CellOutcome(STATUS_SKIPPED, "", reason, 0.0, []) for _ in cells]
+        child: _Child | None = None
+        try:
+            try:
+                child = self._spawn(
+                    work_dir, ctl_dir, [self._input_name(k, im) for k, im in enumerate(images)]
+                )
+                self._await_ready(child, total_deadline)
+            except (_ChildGone, _Deadline, _ProtocolError, SandboxError, OSError) as exc:
+                reason = self._startup_failure(child, exc)
+                return [CellOutcome(STATUS_SKIPPED, "", reason, 0.0, []) for _ in cells]
+            for index, code in enumerate(cells):
+                outcome, alive = self._run_cell(child, index, code, total_deadline)
+                outcomes.append(outcome)
+                if not alive:
+                    break
+        finally:
+            if child is not None:
+                child.kill()
+            shutil.rmtree(work_dir, ignore_errors=True)
+            shutil.rmtree(ctl_dir, ignore_errors=True)
+        if len(outcomes) < len(cells):
+            stopped = len(outcomes) - 1
+            reason = f"not run: the sandbox stopped at cell {stopped} ({outcomes[-1].status})"
+            outcomes.extend(CellOutcome(STATUS_SKIPPED, "", reason, 0.0, []) for _ in cells[len(outcomes) :])
+        return outcomes
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._cleanup()
+
+    def __enter__(self) -> ProcessSandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- steps ----------------------------------------------------------------------------------
+    @staticmethod
+    def _input_name(k: int, image: InputImage) -> str:
+        return f"input_{k}.{_input_extension(image)}"
+
+    def _make_dirs(self, images: list[InputImage]) -> tuple[str, str]:
+        """A fresh 0700 work dir owned by the sandbox uid (inputs inside) and a parent-only ctl dir."""
+        work_dir = tempfile.mkdtemp(prefix="traj-", dir=self._base)
+        ctl_dir = tempfile.mkdtemp(prefix="ctl-", dir=self._base)
+        try:
+            for k, image in enumerate(images):
+                path = os.path.join(work_dir, self._input_name(k, image))
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(bytes(image.data))
+                if self.uid is not None:
+                    os.chown(path, self.uid, self.gid)
+            if self.uid is not None:
+                os.chown(work_dir, self.uid, self.gid)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            shutil.rmtree(ctl_dir, ignore_errors=True)
+            raise
+        return work_dir, ctl_dir
+
+    def _spawn(self, work_dir: str, ctl_dir: str, inputs: list[str]) -> _Child:
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        config = {
+            "parent_pid": os.getpid(),
+            "req_fd": req_r,
+            "resp_fd": resp_w,
+            "uid": self.uid,
+            "gid": self.gid,
+            "work_dir": work_dir,
+            "inputs": inputs,
+            "limits": asdict(self.limits),
+            "preload": self.preload,
+            "disable_aslr": self.disable_aslr,
+            "pid_namespace": self.use_pid_namespace,
+        }
+        log_path = os.path.join(ctl_dir, "child.log")
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [self.python, "-s", "-P", "-B", str(RUNNER_PATH), json.dumps(config)],
+                    env=_clean_env(work_dir, self._mpl_dir),
+                    cwd=work_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(req_r, resp_w),
+                    start_new_session=True,  # setsid(): the child's pgid is its pid
+                    close_fds=True,
+                )
+        except BaseException:
+            for fd in (req_r, req_w, resp_r, resp_w):
+                os.close(fd)
+            raise
+        os.close(req_r)
+        os.close(resp_w)
+        self.last_pid = proc.pid
+        return _Child(proc, req_w, resp_r, log_path)
+
+    def _await_ready(self, child: _Child, deadline: float) -> None:
+        msg = child.recv(deadline, _MAX_READY_BYTES)
+        if msg.get("type") != "ready" or not isinstance(msg.get("layers"), dict):
+            raise _ProtocolError("expected a ready message")
+        layers = {str(k): bool(v) for k, v in msg["layers"].items()}
+        layers.update(separate_process=True, clean_environment=True, wall_clock_kill=True, output_cap=True)
+        notes = msg.get("notes")
+        self.last_layers = layers
+        self.last_notes = [str(n)[:1000] for n in notes[:100]] if isinstance(notes, list) else []
+        startup = msg.get("startup_ms")
+        self.last_startup_ms = float(startup) if isinstance(startup, int | float) else None
+        # A required layer the machine offers but the child failed to apply: refuse. (Layers the
+        # machine lacks were already accepted in __init__ through allow_weaker.)
+        missing = sorted(x for x in self.required_layers if self.report.get(x) and not layers.get(x))
+        if missing:
+            raise SandboxError(
+                "sandbox refused to run: layer(s) not applied in the child: " + ", ".join(missing)
+            )
+
+    def _startup_failure(self, child: _Child | None, exc: BaseException) -> str:
+        if isinstance(exc, _Deadline):
+            return f"not run: the sandbox did not start within the {self.limits.total_timeout_s:g} s limit"
+        if isinstance(exc, _ChildGone) and child is not None:
+            return "not run: " + child.death(self.limits)[1]
+        return f"not run: sandbox start failed: {type(exc).__name__}: {exc}"
+
+    def _max_message_bytes(self) -> int:
+        limits = self.limits
+        # JSON escaping may grow text up to 6x; base64 grows images by 4/3.
+        return 12 * limits.max_output_bytes + (limits.max_file_bytes * 4) // 3 + (1 << 20)
+
+    def _run_cell(
+        self, child: _Child, index: int, code: str, total_deadline: float
+    ) -> tuple[CellOutcome, bool]:
+        """Run one cell; the flag is False when the child is gone (killed, timed out, died)."""
+        limits = self.limits
+        t0 = time.monotonic()
+        cell_deadline = t0 + limits.cell_timeout_s
+        deadline = min(cell_deadline, total_deadline)
+
+        def elapsed_ms() -> float:
+            return (time.monotonic() - t0) * 1000.0
+
+        try:
+            child.send({"op": "run", "index": index, "code": code}, deadline)
+            msg = child.recv(deadline, self._max_message_bytes())
+            return self._validate_result(msg, index, elapsed_ms()), True
+        except _Deadline:
+            duration = elapsed_ms()
+            child.kill()
+            if cell_deadline <= total_deadline:
+                reason = (
+                    f"cell {index} exceeded the {limits.cell_timeout_s:g} s wall-clock limit; sandbox killed"
+                )
+            else:
+                reason = (
+                    f"trajectory exceeded the {limits.total_timeout_s:g} s wall-clock limit; sandbox killed"
+                )
+            return CellOutcome(STATUS_TIMEOUT, "", reason, duration, []), False
+        except _ChildGone:
+            status, reason = child.death(limits)
+            return CellOutcome(status, "", reason, elapsed_ms(), []), False
+        except _ProtocolError as exc:
+            duration = elapsed_ms()
+            child.kill()
+            reason = f"sandbox protocol violation: {exc}; sandbox killed"
+            return CellOutcome(STATUS_KILLED, "", reason, duration, []), False
+
+    def _validate_result(self, msg: dict, index: int, duration_ms: float) -> CellOutcome:
+        limits = self.limits
+        if msg.get("type") != "cell" or msg.get("index") != index:
+            raise _ProtocolError(f"expected the result of cell {index}")
+        status = msg.get("status")
+        if status not in CHILD_STATUSES:
+            raise _ProtocolError(f"invalid status {status!r}")
+        slack = 256  # room for the truncation marker the child appends
+        stdout = _clean_text(msg.get("stdout"), limits.max_output_bytes + slack, "stdout")
+        error = _clean_text(msg.get("error"), limits.max_output_bytes + slack, "error")
+        raw_images = msg.get("images")
+        if not isinstance(raw_images, list) or len(raw_images) > limits.max_images_per_cell:
+            raise _ProtocolError("invalid image list")
+        images: list[tuple[str, bytes]] = []
+        total = 0
+        for k, item in enumerate(raw_images):
+            if not isinstance(item, dict) or not isinstance(item.get("png"), str):
+                raise _ProtocolError("invalid image entry")
+            try:
+                data = base64.b64decode(item["png"], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise _ProtocolError("invalid base64 image") from exc
+            if not data.startswith(_PNG_SIGNATURE):
+                raise _ProtocolError("image is not a PNG")
+            total += len(data)
+            if total > limits.max_file_bytes:
+                raise _ProtocolError("images exceed the per-cell byte budget")
+            name = item.get("name")
+            if not isinstance(name, str) or not _IMAGE_NAME.match(name):
+                name = f"cell{index}_{k}_image.png"
+            images.append((name, data))
+        return CellOutcome(status, stdout, error if status != "ok" else "", duration_ms, images)

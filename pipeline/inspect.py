@@ -21,8 +21,9 @@ def routes_by_discipline(out_dir: Path) -> tuple[list[str], list[tuple[Any, ...]
     cases = ", ".join(f"count(*) FILTER (WHERE {S.ROUTE} = '{r}') AS {r}" for r in S.ROUTES)
     return query(
         out_dir,
-        f"SELECT {S.DISCIPLINE}, {cases}, count(*) AS total FROM {VIEW} GROUP BY 1 "
-        f"UNION ALL SELECT 'ALL', {cases}, count(*) FROM {VIEW} ORDER BY 1 = 'ALL', 1",
+        f"SELECT * FROM (SELECT {S.DISCIPLINE}, {cases}, count(*) AS total FROM {VIEW} GROUP BY 1 "
+        f"UNION ALL SELECT 'ALL', {cases}, count(*) FROM {VIEW}) "
+        f"ORDER BY {S.DISCIPLINE} = 'ALL', {S.DISCIPLINE}",
     )
 
 

@@ -46,6 +46,22 @@ def sandbox_uid() -> int:
     return UID_BASE + int(hashlib.sha256(key.encode()).hexdigest(), 16) % UID_RANGE
 
 
+class SandboxBrokenError(RuntimeError):
+    """The sandbox cannot run even a trivial cell: an installation problem, not a sample's fault."""
+
+
+def check_sandbox_works(sandbox: Any) -> None:
+    """Replay a trivial trajectory; if that fails, stop the run instead of rejecting every sample."""
+    out = sandbox.replay(["x = 41", "print(x + 1)"], [])
+    if [o.status for o in out] != ["ok", "ok"] or out[1].stdout != "42\n":
+        detail = "; ".join(f"{o.status}: {o.error.strip()[:400]}" for o in out if o.status != "ok")
+        raise SandboxBrokenError(
+            f"the replay sandbox cannot run a trivial cell ({detail or out[1].stdout!r}). "
+            "Check that the libraries in pyproject.toml are installed in this interpreter and "
+            "run `python -m pytest tests/test_sandbox.py` for details."
+        )
+
+
 def summarize_status(statuses: list[str]) -> str:
     if not statuses:
         return "no_code"
@@ -107,6 +123,7 @@ class ReplayActor:
     def __init__(self, cfg: ReplayConfig, stage_metrics: Any = None):
         self.sandbox = ProcessSandbox(sandbox_limits(cfg), uid=sandbox_uid(), gid=sandbox_uid())
         self.metrics = stage_metrics
+        check_sandbox_works(self.sandbox)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()

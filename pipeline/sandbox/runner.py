@@ -236,12 +236,29 @@ def make_filesystem_read_only(writable: list[str]) -> bool:
     return True
 
 
+def interpreter_dirs_under(root: str) -> list[str]:
+    """The interpreter's prefixes and package dirs that live below ``root`` (outermost only)."""
+    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix}
+    candidates |= {p for p in sys.path if "site-packages" in p or "dist-packages" in p}
+    inside = sorted(
+        os.path.abspath(p) for p in candidates if p and os.path.isdir(p) and os.path.abspath(p).startswith(root + os.sep)
+    )
+    outermost: list[str] = []
+    for p in inside:
+        if not any(p == q or p.startswith(q + os.sep) for q in outermost):
+            outermost.append(p)
+    return outermost
+
+
 def mount_private_tmp(work_dir: str, config_dir: str | None) -> tuple[str, str | None]:
     """Replace /tmp by an empty read-only tmpfs holding only the work dir (and the matplotlib
     config dir), at fixed paths: the host's /tmp disappears from view and ``work_dir`` is the
     same for every replay, so printed paths are reproducible. Returns the new paths.
     """
     fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in (work_dir, config_dir) if p]
+    # An interpreter or virtualenv installed under /tmp (a CI checkout, say) stays visible, read-only.
+    keep = interpreter_dirs_under("/tmp")
+    keep_fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in keep]
     try:
         _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=755")
         targets = [PRIVATE_WORK_DIR, PRIVATE_CONFIG_DIR][: len(fds)]
@@ -251,9 +268,13 @@ def mount_private_tmp(work_dir: str, config_dir: str | None) -> tuple[str, str |
             _mount_setattr(
                 target, 0, attr_set=MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, attr_clr=MOUNT_ATTR_RDONLY
             )
+        for fd, path in zip(keep_fds, keep, strict=True):
+            os.makedirs(path, 0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            _mount_setattr(path, AT_RECURSIVE, attr_set=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
         _mount_setattr("/tmp", 0, attr_set=MOUNT_ATTR_RDONLY)
     finally:
-        for fd in fds:
+        for fd in fds + keep_fds:
             os.close(fd)
     return PRIVATE_WORK_DIR, (PRIVATE_CONFIG_DIR if config_dir else None)
 

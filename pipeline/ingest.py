@@ -170,7 +170,7 @@ def load_image(path: Path, cfg: IngestConfig) -> dict[str, Any]:
     return image_from_bytes(data, path.name, cfg)
 
 
-def image_from_bytes(data: bytes, name: str, cfg: IngestConfig) -> dict[str, Any]:
+def image_from_bytes(data: bytes, name: str, cfg: IngestConfig, path: str | None = None) -> dict[str, Any]:
     """Check encoded image bytes (header size before decoding, then integrity) -> IMAGE_TYPE dict."""
     try:
         with warnings.catch_warnings():
@@ -186,7 +186,7 @@ def image_from_bytes(data: bytes, name: str, cfg: IngestConfig) -> dict[str, Any
         raise InputError("decompression_bomb", str(exc)) from exc
     except Exception as exc:  # PIL raises many types for corrupt data
         raise InputError("corrupt_image", f"{name}: {exc}") from exc
-    return S.image_record(name, data, width, height)
+    return S.image_record(name, data, width, height, path)
 
 
 def native_record_to_row(record: Any, file: Path, index: int, cfg: IngestConfig) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def native_record_to_row(record: Any, file: Path, index: int, cfg: IngestConfig)
     image_paths = record.get(N.KEY_IMAGES) or []
     if not isinstance(image_paths, list) or not all(isinstance(p, str) for p in image_paths):
         raise InputError("wrong_type", "images must be a list of paths")
-    images = [load_image(base / p, cfg) for p in image_paths]
+    images = [{**load_image(base / p, cfg), S.IMG_PATH: p} for p in image_paths]
     raw_turns = record.get(N.KEY_TURNS)
     if not isinstance(raw_turns, list):
         raise InputError("wrong_type" if raw_turns is not None else "empty_trajectory", "turns must be a list")

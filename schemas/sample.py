@@ -64,6 +64,9 @@ EXPLANATION_COLUMNS = tuple(explanation_column(d) for d in DIMENSIONS)
 # --- nested field names (struct members) -------------------------------------------------------
 # image
 IMG_BYTES, IMG_WIDTH, IMG_HEIGHT, IMG_SHA256, IMG_NAME = "bytes", "width", "height", "sha256", "name"
+# the path the trajectory's own code uses for this image (e.g. Thyme's absolute input path); the
+# replay sandbox makes that path resolve to the image
+IMG_PATH = "path"
 # source
 SRC_DATASET, SRC_FILE, SRC_INDEX, SRC_FORMAT = "dataset", "file", "index", "format"
 # turn
@@ -91,6 +94,7 @@ IMAGE_TYPE = pa.struct(
         pa.field(IMG_WIDTH, pa.int32()),
         pa.field(IMG_HEIGHT, pa.int32()),
         pa.field(IMG_SHA256, pa.string()),
+        pa.field(IMG_PATH, pa.string()),
     ]
 )
 SOURCE_TYPE = pa.struct(
@@ -174,14 +178,15 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
 
 
-def image_record(name: str, data: bytes, width: int, height: int) -> dict[str, Any]:
-    """The IMAGE_TYPE struct for encoded image bytes."""
+def image_record(name: str, data: bytes, width: int, height: int, path: str | None = None) -> dict[str, Any]:
+    """The IMAGE_TYPE struct for encoded image bytes (``path``: as the trajectory refers to it)."""
     return {
         IMG_NAME: name,
         IMG_BYTES: data,
         IMG_WIDTH: int(width),
         IMG_HEIGHT: int(height),
         IMG_SHA256: hashlib.sha256(data).hexdigest(),
+        IMG_PATH: path,
     }
 
 

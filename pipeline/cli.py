@@ -54,16 +54,20 @@ def run(
     config: Annotated[Path | None, typer.Option("--config", help="YAML config (see README)")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray address of a cluster; default local")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="curate only the first N records")] = None,
+    judge_endpoint: Annotated[
+        str | None, typer.Option("--judge-endpoint", help="OpenAI-compatible base URL for LLM/VLM judges")
+    ] = None,
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help="model name at --judge-endpoint")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars or worker logs")] = False,
 ) -> None:
     """Curate trajectories into routed Parquet shards (OUT/shards/route=*/discipline=*/)."""
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import ConfigError, load_config, with_llm_judge
     from pipeline.evaluate import agreement, find_labels
     from pipeline.run import run_pipeline
     from pipeline.sample_corpus import ensure_sample_corpus
 
     try:
-        cfg = load_config(config)
+        cfg = with_llm_judge(load_config(config), judge_endpoint, judge_model)
     except ConfigError as exc:
         _fail(str(exc))
     if not inputs:

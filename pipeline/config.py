@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from judges.llm import LLMJudgeSettings
 from routing.policy import RoutingPolicy
 
 
@@ -36,6 +38,12 @@ class ReplayConfig(_Strict):
     cell_timeout_s: float = Field(20.0, gt=0)
     total_timeout_s: float = Field(90.0, gt=0)
     memory_mb: int = Field(3072, ge=512)
+    sandbox: Literal["zygote", "process"] = Field(
+        "zygote", description="zygote: forks of one pre-imported process (~15 ms); process: fresh interpreter (~0.7 s)"
+    )
+    min_sandbox_level: Literal["strict", "standard", "weak"] = Field(
+        "strict", description="refuse to run below this isolation level (see `twi-curate sandbox check`)"
+    )
 
 
 class JudgeConfig(_Strict):
@@ -43,6 +51,7 @@ class JudgeConfig(_Strict):
     patch_px: int = Field(28, ge=1, description="pixels per side of one visual token")
     batch_size: int = Field(4, ge=1)
     cpus_per_task: float = Field(0.5, gt=0)
+    llm: LLMJudgeSettings = LLMJudgeSettings()
 
 
 class RunConfig(_Strict):
@@ -83,3 +92,18 @@ def load_config(path: Path | None) -> RunConfig:
             lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
         lines.append("Fix these keys (see README 'Configuration') and run again.")
         raise ConfigError("\n".join(lines)) from exc
+
+
+def with_llm_judge(cfg: RunConfig, endpoint: str | None = None, model: str | None = None) -> RunConfig:
+    """Apply --judge-endpoint/--judge-model (then TWI_JUDGE_ENDPOINT/TWI_JUDGE_MODEL) to the config."""
+    llm = cfg.judges.llm
+    update = {k: v for k, v in {"endpoint": endpoint, "model": model}.items() if v}
+    llm = llm.model_copy(update=update).resolved()
+    if bool(llm.endpoint) != bool(llm.model):
+        raise ConfigError(
+            "an LLM judge needs both an endpoint and a model: pass --judge-endpoint URL and "
+            "--judge-model NAME (or set judges.llm.endpoint/model, or TWI_JUDGE_ENDPOINT/TWI_JUDGE_MODEL)"
+        )
+    if llm.endpoint and not llm.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"judge endpoint {llm.endpoint!r} must be an http(s) URL such as http://host:8000/v1")
+    return cfg.model_copy(update={"judges": cfg.judges.model_copy(update={"llm": llm})})

@@ -23,6 +23,7 @@ def judge_row(row: dict[str, Any], judges: list[Judge]) -> dict[str, Any]:
             except Exception as exc:  # one bad row must not fail the block
                 score, why = None, f"[{judge.name}] judge_error: {type(exc).__name__}: {exc}"[:500]
         row[S.score_column(judge.dimension)] = score
+        row[S.metric_score_column(judge.dimension)] = score
         row[S.explanation_column(judge.dimension)] = why
     return row
 

@@ -57,6 +57,36 @@ def shard_counts(out_dir: Path) -> dict[str, Any]:
     }
 
 
+def judge_agreement(out_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    """Per dimension where both a metric and an LLM judge scored: how well they agree.
+
+    n, mean |metric - llm|, Pearson correlation, and the share of samples on the same side of the
+    routing threshold of that dimension (both pass or both fail)."""
+    thresholds = {
+        "coherence": cfg.routing.min_coherence,
+        "scientific_accuracy": cfg.routing.min_scientific_accuracy,
+        "alignment": cfg.routing.min_alignment,
+        "educational_value": cfg.routing.min_educational_value,
+        "code_correctness": cfg.routing.min_code_correctness,
+        "visual_gain": cfg.routing.min_visual_gain,
+    }
+    con = connect(out_dir)
+    out: dict[str, Any] = {}
+    for d in S.DIMENSIONS:
+        m, lm = S.metric_score_column(d), S.llm_score_column(d)
+        t = float(thresholds[d])
+        n, mad, corr, same = con.execute(
+            f"SELECT count(*), avg(abs({m} - {lm})), corr({m}, {lm}), "
+            f"avg(CASE WHEN ({m} >= {t}) = ({lm} >= {t}) THEN 1.0 ELSE 0.0 END) "
+            f"FROM {VIEW} WHERE {m} IS NOT NULL AND {lm} IS NOT NULL"
+        ).fetchone()
+        if n:
+            out[d] = {"n": n, "mean_abs_diff": round(mad, 4),
+                      "pearson": None if corr is None or corr != corr else round(corr, 4),
+                      "same_side_of_threshold": round(same, 4)}
+    return out
+
+
 def build_manifest(
     out_dir: Path,
     run_id: str,
@@ -65,8 +95,16 @@ def build_manifest(
     input_records: int,
     timings: dict[str, Any],
     started: float,
+    counters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     counts = shard_counts(out_dir)
+    llm = cfg.judges.llm
+    judges = {
+        "metric": list(S.DIMENSIONS),
+        "llm": {"endpoint": llm.endpoint, "model": llm.model, "dimensions": llm.dimensions,
+                "usage": (counters or {}).get("llm", {})} if llm.enabled else None,
+        "agreement": judge_agreement(out_dir, cfg) if llm.enabled else {},
+    }
     conserved = sum(counts["routes"].values()) == input_records == counts["output_records"]
     return {
         "run_id": run_id,
@@ -79,6 +117,7 @@ def build_manifest(
             "ok": conserved and counts["rejected_without_reason"] == 0,
             "rule": "routes.twi + routes.text + routes.rejected == input_records == rows in shards",
         },
+        "judges": judges,
         "versions": _versions(),
         "timings": {**timings, "total_s": round(time.time() - started, 3)},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -11,6 +11,7 @@ import ray
 class StageMetrics:
     def __init__(self):
         self.stats: dict[str, dict[str, float]] = defaultdict(lambda: {"rows": 0, "batches": 0, "busy_s": 0.0})
+        self.counters: dict[str, dict[str, dict[str, float]]] = {}
 
     def add(self, stage: str, rows: int, seconds: float) -> None:
         s = self.stats[stage]
@@ -18,5 +19,16 @@ class StageMetrics:
         s["batches"] += 1
         s["busy_s"] += seconds
 
+    def add_counters(self, group: str, counters: dict[str, dict[str, float]]) -> None:
+        """Sum nested counters, e.g. add_counters("llm", {"coherence": {"requests": 3}})."""
+        target = self.counters.setdefault(group, {})
+        for key, values in counters.items():
+            slot = target.setdefault(key, {})
+            for name, v in values.items():
+                slot[name] = slot.get(name, 0) + v
+
     def get(self) -> dict[str, dict[str, float]]:
         return {k: {**v, "busy_s": round(v["busy_s"], 3)} for k, v in self.stats.items()}
+
+    def get_counters(self) -> dict[str, dict[str, dict[str, float]]]:
+        return self.counters

@@ -23,6 +23,7 @@ from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.ingest import discover_inputs, ingest_batch, plan_read_tasks
 from pipeline.judge import JudgeStage
+from pipeline.llm_judge import LLMJudgeStage
 from pipeline.manifest import build_manifest, write_manifest
 from pipeline.metrics import StageMetrics
 from pipeline.replay import ReplayActor
@@ -32,6 +33,7 @@ from schemas import sample as S
 log = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"
+JUDGE_CACHE_DIR = "judge_cache"  # LLM judge responses, kept with the output so reruns are free
 
 
 def init_ray(address: str | None = None, quiet: bool = False, num_cpus: int | None = None) -> None:
@@ -115,6 +117,18 @@ def run_pipeline(
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
             num_cpus=cfg.judges.cpus_per_task,
         )
+        llm = cfg.judges.llm
+        if llm.enabled:
+            ds = ds.map_batches(
+                LLMJudgeStage,
+                fn_constructor_kwargs={
+                    "settings": llm, "cache_dir": str(out_dir / JUDGE_CACHE_DIR), "stage_metrics": metrics
+                },
+                batch_size=llm.batch_size,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=llm.pool_size()),
+                num_cpus=0.1,  # waits on the network; the endpoint is the bottleneck
+            )
         ds = ds.map_batches(
             route_batch,
             fn_kwargs={"policy": cfg.routing, "lineage": lineage, "stage_metrics": metrics},
@@ -140,6 +154,7 @@ def run_pipeline(
         inputs=[str(f) for f in files],
         input_records=input_records,
         timings={**timings, "stages": ray.get(metrics.get.remote())},
+        counters=ray.get(metrics.get_counters.remote()),
         started=started,
     )
     write_manifest(out_dir, manifest)

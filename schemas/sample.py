@@ -58,8 +58,26 @@ def explanation_column(dimension: str) -> str:
     return f"why_{dimension}"
 
 
+def metric_score_column(dimension: str) -> str:
+    """The metric judge's own score (kept when an LLM judge also scores the dimension)."""
+    return f"metric_score_{dimension}"
+
+
+def llm_score_column(dimension: str) -> str:
+    """The LLM/VLM judge's score (null when no LLM judge ran or it failed)."""
+    return f"llm_score_{dimension}"
+
+
+def llm_status_column(dimension: str) -> str:
+    """ok | cached | judge_error:<kind>; null when no LLM judge ran for this dimension."""
+    return f"llm_status_{dimension}"
+
+
 SCORE_COLUMNS = tuple(score_column(d) for d in DIMENSIONS)
 EXPLANATION_COLUMNS = tuple(explanation_column(d) for d in DIMENSIONS)
+METRIC_SCORE_COLUMNS = tuple(metric_score_column(d) for d in DIMENSIONS)
+LLM_SCORE_COLUMNS = tuple(llm_score_column(d) for d in DIMENSIONS)
+LLM_STATUS_COLUMNS = tuple(llm_status_column(d) for d in DIMENSIONS)
 
 # --- nested field names (struct members) -------------------------------------------------------
 # image
@@ -150,9 +168,12 @@ REPLAY_FIELDS = [
     pa.field(REPLAY, pa.list_(CELL_TYPE)),
     pa.field(REPLAY_STATUS, pa.string()),
 ]
-SCORE_FIELDS = [pa.field(c, pa.float64()) for c in SCORE_COLUMNS] + [
-    pa.field(c, pa.string()) for c in EXPLANATION_COLUMNS
-]
+SCORE_FIELDS = (
+    [pa.field(c, pa.float64()) for c in SCORE_COLUMNS]
+    + [pa.field(c, pa.string()) for c in EXPLANATION_COLUMNS]
+    + [pa.field(c, pa.float64()) for c in METRIC_SCORE_COLUMNS + LLM_SCORE_COLUMNS]
+    + [pa.field(c, pa.string()) for c in LLM_STATUS_COLUMNS]
+)
 ROUTING_FIELDS = [
     pa.field(ROUTE, pa.string()),
     pa.field(ROUTE_REASONS, pa.list_(pa.string())),

@@ -1,0 +1,213 @@
+"""LLM/VLM judges against a real OpenAI-compatible HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from judges.llm import (
+    LLMJudgeClient,
+    LLMJudgeSettings,
+    MalformedResponse,
+    ResponseCache,
+    combine,
+    judge_rows,
+    parse_verdict,
+)
+from pipeline.config import ConfigError, RunConfig, with_llm_judge
+from schemas import sample as S
+from tests.images import png
+from tests.openai_server import FakeOpenAI, always, sequence
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def settings(url: str, **kw) -> LLMJudgeSettings:
+    base = {"endpoint": url, "model": "judge-7b", "backoff_base_s": 0.01, "backoff_max_s": 0.05,
+            "timeout_s": 5.0, "dimensions": ["coherence"], "max_retries": 4}
+    return LLMJudgeSettings(**{**base, **kw})
+
+
+def sample_row(i: int = 0, metric: float = 0.4) -> dict:
+    row = S.empty_row()
+    img = png(np.random.default_rng(i).integers(0, 255, (1200, 1600, 3), dtype=np.uint8))
+    row.update({
+        S.SAMPLE_ID: f"s{i}", S.DISCIPLINE: "physics", S.QUESTION: f"Question {i}?", S.GROUND_TRUTH: "3",
+        S.IMAGES: [S.image_record("in.png", img, 1600, 1200)],
+        S.TURNS: [{S.TURN_REASONING: "Zoom in.", S.TURN_CODE: "print(3)", S.TURN_OBS_TEXT: "3",
+                   S.TURN_OBS_IMAGES: []},
+                  {S.TURN_REASONING: "It reads 3.", S.TURN_CODE: None, S.TURN_OBS_TEXT: None,
+                   S.TURN_OBS_IMAGES: []}],
+        S.REPLAY: [{S.CELL_INDEX: 0, S.CELL_TURN: 0, S.CELL_STATUS: "ok", S.CELL_STDOUT: "3\n", S.CELL_ERROR: "",
+                    S.CELL_DURATION_MS: 1.0, S.CELL_IMAGES: [S.image_record("z.png", png(np.zeros((50, 50), np.uint8)), 50, 50)],
+                    S.CELL_FIDELITY: 1.0}],
+        S.FINAL_ANSWER: "3",
+    })
+    for d in S.DIMENSIONS:
+        row[S.score_column(d)] = row[S.metric_score_column(d)] = metric
+        row[S.explanation_column(d)] = "[metric] m"
+    return row
+
+
+def run_rows(rows, st, cache_dir):
+    async def go():
+        client = LLMJudgeClient(st, ResponseCache(cache_dir))
+        try:
+            return await judge_rows(rows, client, f"llm/{st.model}")
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_retries_recover_from_429_500_drop_and_malformed(tmp_path):
+    script = sequence(("status", 429), ("status", 500), ("drop",), ("malformed",), then=("ok", 0.9))
+    with FakeOpenAI(script) as server:
+        row = sample_row()
+        counters = run_rows([row], settings(server.base_url), tmp_path)
+    assert server.requests == 5
+    assert row[S.llm_status_column("coherence")] == "ok"
+    assert row[S.llm_score_column("coherence")] == 0.9 and row[S.score_column("coherence")] == 0.9
+    assert counters["coherence"]["retries"] == 4 and counters["coherence"]["errors"] == 0
+    assert counters["coherence"]["prompt_tokens"] > 0
+
+
+def test_timeouts_are_retried(tmp_path):
+    with FakeOpenAI(sequence(("slow", 2.0), then=("ok", 0.7))) as server:
+        row = sample_row()
+        run_rows([row], settings(server.base_url, timeout_s=0.5), tmp_path)
+    assert row[S.llm_status_column("coherence")] == "ok" and server.requests == 2
+
+
+def test_after_the_last_retry_the_metric_score_is_kept(tmp_path):
+    with FakeOpenAI(always(("status", 500))) as server:
+        row = sample_row(metric=0.4)
+        counters = run_rows([row], settings(server.base_url, max_retries=2), tmp_path)
+    assert server.requests == 3
+    assert row[S.llm_status_column("coherence")] == "judge_error:http_500"
+    assert row[S.llm_score_column("coherence")] is None
+    assert row[S.score_column("coherence")] == 0.4 and "metric fallback" in row[S.explanation_column("coherence")]
+    assert counters["coherence"]["errors"] == 1
+
+
+def test_client_errors_are_not_retried(tmp_path):
+    with FakeOpenAI(always(("status", 400))) as server:
+        row = sample_row()
+        run_rows([row], settings(server.base_url), tmp_path)
+    assert server.requests == 1 and row[S.llm_status_column("coherence")] == "judge_error:http_400"
+
+
+def test_concurrency_is_bounded_per_actor(tmp_path):
+    with FakeOpenAI(latency_s=0.15) as server:
+        rows = [sample_row(i) for i in range(12)]
+        run_rows(rows, settings(server.base_url, per_actor_concurrency=3), tmp_path)
+    assert server.requests == 12
+    assert 2 <= server.max_inflight <= 3
+
+
+def test_second_run_is_served_entirely_from_cache(tmp_path):
+    with FakeOpenAI() as server:
+        st = settings(server.base_url, dimensions=["coherence", "educational_value"])
+        first = [sample_row(i) for i in range(4)]
+        run_rows(first, st, tmp_path)
+        assert server.requests == 8
+        again = [sample_row(i) for i in range(4)]
+        counters = run_rows(again, st, tmp_path)
+        assert server.requests == 8  # zero new requests
+    assert {r[S.llm_status_column("coherence")] for r in again} == {"cached"}
+    assert counters["coherence"]["cache_hits"] == 4
+    assert [r[S.score_column("coherence")] for r in again] == [r[S.score_column("coherence")] for r in first]
+
+
+def test_alignment_sends_images_within_the_pixel_budget(tmp_path):
+    with FakeOpenAI() as server:
+        row = sample_row()
+        run_rows([row], settings(server.base_url, dimensions=["alignment"], image_max_pixels=200_000), tmp_path)
+        content = server.bodies[0]["messages"][1]["content"]
+    urls = [p["image_url"]["url"] for p in content if p["type"] == "image_url"]
+    assert len(urls) == 2  # the input image and the replayed image
+    assert all(u.startswith("data:image/jpeg;base64,") for u in urls)
+    with Image.open(io.BytesIO(base64.b64decode(urls[0].split(",", 1)[1]))) as im:
+        assert im.size[0] * im.size[1] <= 200_000 and im.size[0] > im.size[1]
+
+
+def test_scientific_accuracy_never_rescues_a_verified_wrong_answer():
+    assert combine("scientific_accuracy", 0.0, 0.9) == 0.0
+    assert combine("scientific_accuracy", None, 0.9) == 0.9
+    assert combine("coherence", 0.2, 0.9) == 0.9
+    assert combine("coherence", 0.2, None) == 0.2
+
+
+@pytest.mark.parametrize(
+    ("content", "ok"),
+    [
+        ('{"score": 0.5, "rationale": "fine"}', True),
+        ('```json\n{"score": 1, "rationale": "x"}\n```', True),
+        ('{"score": 1.5, "rationale": "x"}', False),
+        ('{"rationale": "no score"}', False),
+        ("I think it is good", False),
+        ("", False),
+    ],
+)
+def test_verdicts_are_validated(content, ok):
+    if ok:
+        assert 0 <= parse_verdict(content).score <= 1
+    else:
+        with pytest.raises(MalformedResponse):
+            parse_verdict(content)
+
+
+def test_judge_settings_are_validated_up_front():
+    with pytest.raises(ConfigError, match="both an endpoint and a model"):
+        with_llm_judge(RunConfig(), endpoint="http://127.0.0.1:1/v1")
+    with pytest.raises(ConfigError, match="http"):
+        with_llm_judge(RunConfig(), endpoint="127.0.0.1:1", model="m")
+    with pytest.raises(ValueError, match="no LLM judge"):
+        LLMJudgeSettings(dimensions=["visual_gain"])
+    cfg = with_llm_judge(RunConfig(), endpoint="http://127.0.0.1:1/v1", model="m")
+    assert cfg.judges.llm.enabled and cfg.config_hash() != RunConfig().config_hash()
+
+
+def test_pipeline_completes_under_injected_faults_and_rerun_costs_nothing(ray_local, cache_root, tmp_path):
+    """Real Ray, real sandbox, real HTTP: faults on a fixed share of requests, all recovered by retries."""
+    from pipeline.cli import DEFAULT_N, cache_dir
+    from pipeline.manifest import read_manifest
+    from pipeline.run import run_pipeline
+    from pipeline.shards import connect
+
+    corpus = cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0" / "corpus.jsonl"
+    faults = {0: ("status", 429), 1: ("status", 503), 2: ("drop",), 3: ("malformed",)}
+    script = lambda i, body: faults.get(i % 7, ("ok", 0.75))  # noqa: E731
+    with FakeOpenAI(script) as server:
+        cfg = with_llm_judge(RunConfig(), endpoint=server.base_url, model="judge-7b")
+        llm = cfg.judges.llm.model_copy(update={"backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retries": 6})
+        cfg = cfg.model_copy(update={"judges": cfg.judges.model_copy(update={"llm": llm})})
+        out = tmp_path / "out"
+        run_pipeline([corpus], out, cfg, limit=8, quiet=True)
+        first_requests = server.requests
+        m = read_manifest(out)
+        usage = m["judges"]["llm"]["usage"]
+        assert set(usage) == set(llm.dimensions)
+        assert sum(u["requests"] for u in usage.values()) == first_requests
+        assert all(u["prompt_tokens"] > 0 for u in usage.values())
+        con = connect(out)
+        statuses = con.execute(
+            f"SELECT {', '.join(S.llm_status_column(d) for d in llm.dimensions)} FROM samples"
+        ).fetchall()
+        assert len(statuses) == 8 and all(s == "ok" for row in statuses for s in row), statuses
+        assert m["judges"]["agreement"]["coherence"]["n"] == 8
+        assert m["conservation"]["ok"]
+
+        run_pipeline([corpus], out, cfg, limit=8, quiet=True)
+        assert server.requests == first_requests  # the rerun is served from the cache
+        statuses = connect(out).execute(f"SELECT DISTINCT {S.llm_status_column('coherence')} FROM samples").fetchall()
+        assert statuses == [("cached",)]
+        usage = read_manifest(out)["judges"]["llm"]["usage"]
+        assert sum(u["requests"] for u in usage.values()) == 0
+        assert json.loads((out / "manifest.json").read_text())["judges"]["llm"]["model"] == "judge-7b"

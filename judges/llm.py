@@ -87,7 +87,7 @@ class LLMJudgeSettings(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2)
     image_max_pixels: int = Field(1280 * 28 * 28, ge=28 * 28)
     max_images: int = Field(4, ge=0)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1, description="rows per actor call; ≫ per_actor_concurrency keeps the pipe full")
 
     @field_validator("dimensions")
     @classmethod

@@ -145,5 +145,96 @@ def sample_corpus(
     console.print(f"wrote {out / 'corpus.jsonl'}: {json.dumps(summary)}")
 
 
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="output folder of a run")],
+    fmt: Annotated[str, typer.Option("--format", help="llamafactory | verl | swift | hf")],
+    stage: Annotated[str, typer.Option("--stage", help="sft-science | sft-twi | rl-1 | rl-2")],
+    dest: Annotated[Path, typer.Option("--out", help="folder to write the export to")],
+    text_share: Annotated[float | None, typer.Option("--text-share", help="sft-twi: text samples per twi sample")] = None,
+    balance: Annotated[
+        str | None, typer.Option("--balance", help="target discipline mix, e.g. physics=0.5,biology=0.5")
+    ] = None,
+) -> None:
+    """Export one curriculum stage of a run in a trainer's format."""
+    from pydantic import ValidationError
+
+    from pipeline.export import FORMATS
+    from pipeline.export import export as do_export
+    from routing.curriculum import STAGES, CurriculumPolicy
+
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}")
+    if stage not in STAGES:
+        _fail(f"--stage must be one of {', '.join(STAGES)}")
+    update: dict[str, Any] = {}
+    if text_share is not None:
+        update["text_share"] = text_share
+    if balance:
+        try:
+            update["balance"] = {k.strip(): float(v) for k, v in (p.split("=") for p in balance.split(","))}
+        except ValueError:
+            _fail("--balance takes discipline=share pairs, e.g. physics=0.5,biology=0.5")
+    try:
+        policy = CurriculumPolicy(**update)
+    except ValidationError as exc:
+        _fail(f"invalid curriculum option: {exc.errors()[0]['msg']}")
+    try:
+        summary = do_export(out, fmt, stage, dest, policy)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    console.print(f"exported {summary['samples']} samples of {stage} as {fmt} to {dest} ({summary['by_route']})")
+
+
+@app.command()
+def explain(
+    out: Annotated[Path, typer.Argument(help="output folder of a run")],
+    sample_id: Annotated[str, typer.Argument(help="sample_id to explain")],
+) -> None:
+    """A sample's route, reasons, scores with explanations, and its trajectory with replayed cells."""
+    from pipeline.shards import VIEW, connect, fetch_rows
+
+    try:
+        con = connect(out)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    rows = fetch_rows(con, f"SELECT * FROM {VIEW} WHERE {S.SAMPLE_ID} = ?", [sample_id])
+    if not rows:
+        _fail(f"no sample {sample_id!r} in {out}; list ids with: twi-curate inspect {out} --sql "
+              f"\"SELECT sample_id, route FROM samples\"")
+    r = rows[0]
+    console.print(f"[bold]{r[S.SAMPLE_ID]}[/]  {r[S.DISCIPLINE]}  route [bold]{r[S.ROUTE]}[/]  "
+                  f"reasons {r[S.ROUTE_REASONS]}  source {r[S.SOURCE]}")
+    if r[S.INPUT_ERROR]:
+        console.print(f"input error: {r[S.INPUT_ERROR]}\nraw: {r[S.RAW]}")
+        return
+    scores = Table(title="scores", title_justify="left")
+    for c in ("dimension", "score", "metric", "llm", "why"):
+        scores.add_column(c)
+    for d in S.DIMENSIONS:
+        scores.add_row(d, *[_cell(r.get(c)) for c in (S.score_column(d), S.metric_score_column(d),
+                                                       S.llm_score_column(d), S.explanation_column(d))])
+    console.print(scores)
+    console.print(f"[bold]Question[/] {r[S.QUESTION]}\n[bold]Ground truth[/] {r[S.GROUND_TRUTH]}")
+    cells = {c[S.CELL_TURN]: c for c in r[S.REPLAY] or []}
+    for i, t in enumerate(r[S.TURNS] or []):
+        console.print(f"[bold cyan]Step {i + 1}[/] {t[S.TURN_REASONING]}")
+        if t[S.TURN_CODE]:
+            console.print(t[S.TURN_CODE], markup=False, highlight=False)
+            c = cells.get(i)
+            if c is not None:
+                imgs = ", ".join(f"{im[S.IMG_NAME]} {im[S.IMG_WIDTH]}x{im[S.IMG_HEIGHT]}" for im in c[S.CELL_IMAGES] or [])
+                fid = "n/a" if c[S.CELL_FIDELITY] is None else f"{c[S.CELL_FIDELITY]:.2f}"
+                console.print(f"  [bold]replay[/] {c[S.CELL_STATUS]} in {c[S.CELL_DURATION_MS]:.0f} ms, "
+                              f"fidelity {fid}, images [{imgs}]")
+                console.print("  " + (c[S.CELL_STDOUT] or "").strip()[:1500], markup=False, highlight=False)
+                if c[S.CELL_ERROR]:
+                    console.print("  " + c[S.CELL_ERROR].strip()[:1500], markup=False, highlight=False)
+            console.print(f"  [bold]recorded[/] {(t[S.TURN_OBS_TEXT] or '').strip()[:500]}")
+    console.print(f"[bold]Final answer[/] {r[S.FINAL_ANSWER]}")
+    if r[S.TEXT_RESPONSE]:
+        console.print(f"[bold]Text-only version[/] (flags {r[S.TEXT_FLAGS]})\n{r[S.TEXT_RESPONSE]}")
+
+
 if __name__ == "__main__":
     app()

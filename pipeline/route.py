@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from routing.policy import RoutingPolicy
 from routing.route import decide
-from routing.text_conversion import to_text_response
+from routing.text_conversion import to_text_sample
 from schemas import sample as S
 
 
@@ -20,8 +20,9 @@ def route_batch(batch: pa.Table, policy: RoutingPolicy, lineage: dict[str, Any],
         decision = decide(row, policy)
         row[S.ROUTE] = decision.route
         row[S.ROUTE_REASONS] = decision.reasons
-        row[S.TEXT_RESPONSE] = to_text_response(row) if decision.route == "text" else None
-        row[S.LINEAGE] = {**lineage, S.LIN_DERIVED_FROM: None}
+        if decision.route == "text":  # the text sample derives from this TwI trajectory
+            row[S.TEXT_RESPONSE], row[S.TEXT_FLAGS] = to_text_sample(row)
+        row[S.LINEAGE] = {**lineage, S.LIN_DERIVED_FROM: row[S.SAMPLE_ID] if decision.route == "text" else None}
     out = S.to_table(rows)
     if stage_metrics is not None:
         stage_metrics.add.remote("routing", out.num_rows, time.perf_counter() - start)

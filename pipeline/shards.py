@@ -34,3 +34,14 @@ def connect(out_dir: Path) -> duckdb.DuckDBPyConnection:
         con.register("_empty_samples", S.SAMPLE_SCHEMA.empty_table())
         con.execute(f"CREATE VIEW {VIEW} AS SELECT * FROM _empty_samples")
     return con
+
+
+def fetch_rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
+    """Run a query and return its rows as canonical dicts (nested structs and lists intact)."""
+    cur = con.execute(sql, params or [])
+    for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):  # DuckDB 2.x, 1.x, older
+        fn = getattr(cur, name, None)
+        if fn is not None:
+            table = fn()
+            return (table.read_all() if hasattr(table, "read_all") else table).to_pylist()
+    raise RuntimeError("this DuckDB cannot return Arrow tables; install duckdb>=1.1")

@@ -40,11 +40,15 @@ TURNS = "turns"
 FINAL_ANSWER = "final_answer"
 INPUT_ERROR = "input_error"
 RAW = "raw"
+# dedup / decontamination verdicts (pipeline.dedup), filled at ingest, turned into reasons by routing
+DUPLICATE_OF = "duplicate_of"
+CONTAMINATED_BY = "contaminated_by"
 REPLAY = "replay"
 REPLAY_STATUS = "replay_status"
 ROUTE = "route"
 ROUTE_REASONS = "route_reasons"
 TEXT_RESPONSE = "text_response"
+TEXT_FLAGS = "text_flags"
 LINEAGE = "lineage"
 
 
@@ -164,6 +168,10 @@ INGEST_FIELDS = [
     pa.field(INPUT_ERROR, pa.string()),
     pa.field(RAW, pa.string()),
 ]
+DEDUP_FIELDS = [
+    pa.field(DUPLICATE_OF, pa.string()),  # sample_id of the kept record this one duplicates
+    pa.field(CONTAMINATED_BY, pa.list_(pa.string())),  # names of the benchmarks it overlaps
+]
 REPLAY_FIELDS = [
     pa.field(REPLAY, pa.list_(CELL_TYPE)),
     pa.field(REPLAY_STATUS, pa.string()),
@@ -178,10 +186,11 @@ ROUTING_FIELDS = [
     pa.field(ROUTE, pa.string()),
     pa.field(ROUTE_REASONS, pa.list_(pa.string())),
     pa.field(TEXT_RESPONSE, pa.string()),
+    pa.field(TEXT_FLAGS, pa.list_(pa.string())),
     pa.field(LINEAGE, LINEAGE_TYPE),
 ]
 
-SAMPLE_SCHEMA = pa.schema(INGEST_FIELDS + REPLAY_FIELDS + SCORE_FIELDS + ROUTING_FIELDS)
+SAMPLE_SCHEMA = pa.schema(INGEST_FIELDS + DEDUP_FIELDS + REPLAY_FIELDS + SCORE_FIELDS + ROUTING_FIELDS)
 # Partition columns of the written shards (hive layout route=<r>/discipline=<d>/).
 PARTITION_COLUMNS = (ROUTE, DISCIPLINE)
 

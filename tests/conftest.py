@@ -41,3 +41,18 @@ def cache_root(tmp_path_factory):
         os.environ.pop("TWI_CURATE_CACHE", None)
     else:
         os.environ["TWI_CURATE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def curated(ray_local, cache_root, tmp_path_factory):
+    """`twi-curate run` with no INPUT (the embedded default: bundled corpus, cached), once per session.
+
+    Returns (output folder, what the command printed)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path_factory.mktemp("run") / "curated"
+    result = CliRunner().invoke(app, ["run", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out, result.output

@@ -25,15 +25,6 @@ def corpus_dir(cache_root):
     return cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0"
 
 
-@pytest.fixture(scope="module")
-def curated(ray_local, cache_root, tmp_path_factory):
-    """`twi-curate run` with no INPUT: the embedded default (bundled corpus, cached)."""
-    out = tmp_path_factory.mktemp("run") / "curated"
-    result = runner.invoke(app, ["run", "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
-    return out, result.output
-
-
 def labels(corpus_dir):
     return [json.loads(line) for line in (corpus_dir / "labels.jsonl").read_text().splitlines()]
 

@@ -196,4 +196,9 @@ def export(out_dir: Path, fmt: str, stage: str, dest: Path, policy: CurriculumPo
     summary = {"format": fmt, "stage": stage, "name": name, "samples": len(rows), "by_route": by_route,
                "dest": str(dest)}
     (dest / f"{name}.export.json").write_text(json.dumps(summary, indent=2))
+    import time
+
+    with open(Path(out_dir) / "exports.jsonl", "a") as fh:  # the run remembers what was exported from it
+        fh.write(json.dumps({**summary, "dest": str(dest.resolve()),
+                             "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
     return summary

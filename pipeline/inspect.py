@@ -38,3 +38,29 @@ def top_reasons(out_dir: Path, route: str = "rejected", limit: int = 15) -> tupl
         f"SELECT reason, count(*) AS n FROM (SELECT unnest({S.ROUTE_REASONS}) AS reason FROM {VIEW} "
         f"WHERE {S.ROUTE} = '{route}') GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {int(limit)}",
     )
+
+
+def stages_by_discipline(out_dir: Path) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Samples per curriculum stage and discipline under the default curriculum policy."""
+    from pipeline.export import load_rows
+    from routing.curriculum import STAGES, CurriculumPolicy, select_stage
+
+    rows = load_rows(out_dir)
+    policy = CurriculumPolicy()
+    chosen = {stage: select_stage(rows, stage, policy) for stage in STAGES}
+    disciplines = sorted({r[S.DISCIPLINE] for r in rows})
+    table = [
+        (d, *[sum(r[S.DISCIPLINE] == d for r in chosen[st]) for st in STAGES]) for d in disciplines
+    ]
+    table.append(("ALL", *[len(chosen[st]) for st in STAGES]))
+    return ["discipline", *STAGES], table
+
+
+def exports(out_dir: Path) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The exports written from this run (OUT/exports.jsonl, appended by `twi-curate export`)."""
+    import json
+
+    path = Path(out_dir) / "exports.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    cols = ["written_at", "format", "stage", "samples", "by_route", "dest"]
+    return cols, [tuple(r.get(c) for c in cols) for r in recs]

@@ -38,9 +38,9 @@ def connect(out_dir: Path) -> duckdb.DuckDBPyConnection:
 
 def fetch_rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
     """Run a query and return its rows as canonical dicts (nested structs and lists intact)."""
-    cur = con.execute(sql, params or [])
-    for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):  # DuckDB 2.x, 1.x, older
-        fn = getattr(cur, name, None)
+    rel = con.sql(sql, params=params or None)
+    for name in ("to_arrow_table", "arrow", "fetch_arrow_table"):  # DuckDB 2.x, 1.x
+        fn = getattr(rel, name, None)
         if fn is not None:
             table = fn()
             return (table.read_all() if hasattr(table, "read_all") else table).to_pylist()

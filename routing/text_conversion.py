@@ -22,12 +22,17 @@ VIEW = r"(?:crop|image|view|region|map|mask|version|output|patch|picture|figure)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
 _TOOL_STEP = re.compile(
     r"^\s*(?:let me|let's|let us|i will|i'll|i need to|we will|we'll|next,? (?:i|we)|to (?:read|see|count) (?:it|this|them),? (?:i|we))\b"
-    r".*\b(?:crop\w*|zoom\w*|enhanc\w*|run\w*|writ\w*|code|threshold\w*|detect\w*|upscal\w*|measur\w*|count\w*)\b",
+    r".*\b(?:crop\w*|zoom\w*|enhanc\w*|run\w*|writ\w*|code|threshold\w*|detect\w*|upscal\w*|measur\w*|count\w*"
+    r"|contrast|autocontrast|filter\w*|sharpen\w*|pass)\b",
     re.I,
 )
 _OPENS_ON_PRODUCED = re.compile(
     rf"^\s*(?:in |on )?(?:the |this |that )?{PRODUCED}(?: {VIEW})?(?: now)?"
     r"(?:\s*(?:clearly\s+)?(?:shows|reveals|makes (?:it )?clear|confirms|displays)(?: that)?|\s*,)\s*",
+    re.I,
+)
+_OUTPUT_OPENER = re.compile(
+    r"^\s*the (?:code'?s? |printed )?output(?:\s*\(.*?\))?\s*(?:shows|reveals|confirms|makes (?:it )?clear)(?: that)?\s*",
     re.I,
 )
 _MENTIONS = re.compile(rf"\b{PRODUCED}\s+{VIEW}\b|\b(?:the code|the output|the script|printed|sandbox)\b", re.I)
@@ -42,7 +47,7 @@ def convert_reasoning(text: str) -> tuple[str, list[str]]:
         if _TOOL_STEP.search(sentence):
             flags.append("dropped_tool_step")
             continue
-        m = _OPENS_ON_PRODUCED.match(sentence)
+        m = _OPENS_ON_PRODUCED.match(sentence) or _OUTPUT_OPENER.match(sentence)
         if m:
             rest = sentence[m.end():]
             sentence = "Looking closely at the image, " + (rest[:1].lower() + rest[1:])

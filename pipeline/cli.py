@@ -1,4 +1,4 @@
-"""`twi-curate` command line: run, inspect, sample-corpus."""
+"""`twi-curate` command line: run, inspect, sample-corpus, sandbox check|run."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from schemas import sample as S
@@ -49,16 +50,33 @@ def _fail(msg: str) -> None:
 
 @app.command()
 def run(
-    inputs: Annotated[list[Path] | None, typer.Argument(help="JSONL files or folders; none = bundled corpus")] = None,
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="JSONL/JSON/Parquet files, HF save_to_disk folders, or folders of them; none = bundled corpus"),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("curated"),
     config: Annotated[Path | None, typer.Option("--config", help="YAML config (see README)")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray address of a cluster; default local")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="curate only the first N records")] = None,
+    input_format: Annotated[
+        str | None,
+        typer.Option("--format", help="force one input format (see README 'Input formats'); default: detect per file"),
+    ] = None,
+    benchmark: Annotated[
+        Path | None,
+        typer.Option("--benchmark", help='JSONL of {"name", "question"?, "image"?} to decontaminate against'),
+    ] = None,
     judge_endpoint: Annotated[
         str | None, typer.Option("--judge-endpoint", help="OpenAI-compatible base URL for LLM/VLM judges")
     ] = None,
     judge_model: Annotated[str | None, typer.Option("--judge-model", help="model name at --judge-endpoint")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars or worker logs")] = False,
+    allow_weak_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--allow-weak-sandbox", help="replay even if the sandbox is below replay.min_sandbox_level (unsafe)"
+        ),
+    ] = False,
 ) -> None:
     """Curate trajectories into routed Parquet shards (OUT/shards/route=*/discipline=*/)."""
     from pipeline.config import ConfigError, load_config, with_llm_judge
@@ -74,10 +92,29 @@ def run(
         corpus_dir = cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0"
         console.print(f"No INPUT given: using the bundled sample corpus ({corpus_dir})")
         inputs = [ensure_sample_corpus(corpus_dir, n=DEFAULT_N, seed=0)]
+    from pipeline.dedup import BenchmarkError
+    from pipeline.formats import UnknownFormatError
+    from pipeline.sandbox.levels import SandboxLevelError
+
     try:
-        manifest = run_pipeline(inputs, out, cfg, address=address, limit=limit, quiet=quiet)
+        manifest = run_pipeline(
+            inputs,
+            out,
+            cfg,
+            address=address,
+            limit=limit,
+            quiet=quiet,
+            allow_weak_sandbox=allow_weak_sandbox,
+            warn=lambda msg: err.print(f"[bold red]WARNING:[/] [red]{escape(msg)}[/]"),
+            format=input_format,
+            benchmark=benchmark,
+        )
     except FileNotFoundError as exc:
         _fail(str(exc))
+    except (UnknownFormatError, BenchmarkError) as exc:
+        _fail(escape(str(exc)))
+    except SandboxLevelError as exc:
+        _fail(escape(str(exc)))
     _print_summary(manifest)
     labels = find_labels(inputs)
     if labels is not None and limit is None:
@@ -112,6 +149,9 @@ def _print_summary(manifest: dict[str, Any]) -> None:
 def inspect(
     out: Annotated[Path, typer.Argument(help="output folder of a run")] = Path("curated"),
     sql: Annotated[str | None, typer.Option("--sql", help="any SQL over the view `samples`")] = None,
+    view: Annotated[
+        str | None, typer.Option("--view", help="canned view: stages (curriculum) | exports (written from this run)")
+    ] = None,
 ) -> None:
     """Summaries of a run's shards with DuckDB, or any SQL over the view `samples`."""
     import duckdb
@@ -123,6 +163,14 @@ def inspect(
             cols, rows = views.query(out, sql)
             print_table(sql, cols, rows)
             return
+        if view == "stages":
+            print_table("curriculum stages by discipline (default policy)", *views.stages_by_discipline(out))
+            return
+        if view == "exports":
+            print_table("exports written from this run", *views.exports(out))
+            return
+        if view is not None:
+            _fail("--view must be 'stages' or 'exports'")
         print_table("routes by discipline", *views.routes_by_discipline(out))
         print_table("mean score per dimension by route", *views.mean_scores_by_route(out))
         print_table("top rejection reasons", *views.top_reasons(out))
@@ -143,6 +191,125 @@ def sample_corpus(
 
     summary = build_sample_corpus(out, n=n, seed=seed)
     console.print(f"wrote {out / 'corpus.jsonl'}: {json.dumps(summary)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# twi-curate sandbox ...
+# ------------------------------------------------------------------------------------------------
+sandbox_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Check the replay sandbox's isolation; replay a file in it."
+)
+app.add_typer(sandbox_app, name="sandbox")
+CELL_MARKER = "# %%"
+
+
+def split_cells(code: str) -> list[str]:
+    """Cells of a script: split on lines that are exactly ``# %%`` (no marker: one cell).
+    Empty cells (e.g. before the first marker) are dropped."""
+    cells, current = [], []
+    for line in code.splitlines(keepends=True):
+        if line.rstrip("\r\n") == CELL_MARKER:
+            cells.append("".join(current))
+            current = []
+        else:
+            current.append(line)
+    cells.append("".join(current))
+    return [c for c in cells if c.strip()]
+
+
+def _replay_config(config: Path | None):
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        return load_config(config).replay
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@sandbox_app.command("check")
+def sandbox_check(
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config (replay.sandbox, replay.min_sandbox_level)")] = None,
+) -> None:
+    """Start a sandbox child, read back which isolation layers it applied, compare with the level.
+
+    Exit code 0 only if replay.min_sandbox_level is met. TWI_SANDBOX_DISABLE=seccomp,cgroups
+    (layer names) switches layers off to see what a weaker machine would get.
+    """
+    from pipeline.sandbox.levels import LAYER_LABELS, check_level, level_of_layer
+
+    replay_cfg = _replay_config(config)
+    try:
+        ok, report = check_level(replay_cfg)
+    except ValueError as exc:  # a bad TWI_SANDBOX_DISABLE
+        _fail(str(exc))
+    table = Table(title=f"replay sandbox ({report.kind}) isolation layers", title_justify="left")
+    table.add_column("layer")
+    table.add_column("status")
+    table.add_column("needed from level")
+    for layer, label in LAYER_LABELS.items():
+        active = report.layers.get(layer, False)
+        table.add_row(label, "[green]active[/]" if active else "[bold red]missing[/]", level_of_layer(layer))
+    console.print(table)
+    style = "green" if ok else "bold red"
+    console.print(f"[{style}]{escape(report.summary())}: {'OK' if ok else 'NOT MET'}[/]")
+    if not ok:
+        err.print(escape(report.advice()))
+        raise typer.Exit(code=1)
+
+
+@sandbox_app.command("run")
+def sandbox_run(
+    code: Annotated[Path, typer.Argument(help="Python file; cells separated by lines that are exactly '# %%'")],
+    image: Annotated[list[Path] | None, typer.Option("--image", help="input image (repeatable): image, images[k]")] = None,
+    out: Annotated[Path, typer.Option("--out", help="folder for the images the cells produce")] = Path("sandbox-out"),
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config (replay section)")] = None,
+    allow_weak_sandbox: Annotated[
+        bool, typer.Option("--allow-weak-sandbox", help="run even below replay.min_sandbox_level (unsafe)")
+    ] = False,
+) -> None:
+    """Replay CODE's cells in the sandbox (state carries over), print each cell's result, save images.
+
+    Exit code 0 if every cell is ok, 1 otherwise.
+    """
+    from pipeline.sandbox import InputImage, SandboxError
+    from pipeline.sandbox.levels import make_sandbox, sandbox_limits, sandbox_uid
+
+    replay_cfg = _replay_config(config)
+    try:
+        cells = split_cells(code.read_text())
+        images = [InputImage(p.name, p.read_bytes()) for p in image or []]
+    except OSError as exc:
+        _fail(str(exc))
+    if not cells:
+        _fail(f"{code} has no code")
+    try:
+        box = make_sandbox(
+            replay_cfg.sandbox,
+            sandbox_limits(replay_cfg),
+            uid=sandbox_uid(),
+            min_level=replay_cfg.min_sandbox_level,
+            allow_weaker=allow_weak_sandbox,
+        )
+    except (SandboxError, ValueError) as exc:
+        _fail(escape(f"{exc}\nRun `twi-curate sandbox check` for details, or pass --allow-weak-sandbox."))
+    try:
+        outcomes = box.replay(cells, images)
+    finally:
+        box.close()
+    out.mkdir(parents=True, exist_ok=True)
+    for k, outcome in enumerate(outcomes):
+        style = "green" if outcome.status == "ok" else "bold red"
+        console.print(f"[bold]cell {k}[/] [{style}]{outcome.status}[/] ({outcome.duration_ms:.0f} ms)")
+        if outcome.stdout:
+            console.print(escape(outcome.stdout.rstrip("\n")), highlight=False)
+        if outcome.error:
+            console.print(f"[red]{escape(outcome.error.rstrip())}[/]", highlight=False)
+        for name, data in outcome.images:
+            path = out / name
+            path.write_bytes(data)
+            console.print(f"  image: {path}")
+    if any(o.status != "ok" for o in outcomes):
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -204,7 +371,7 @@ def explain(
               f"\"SELECT sample_id, route FROM samples\"")
     r = rows[0]
     console.print(f"[bold]{r[S.SAMPLE_ID]}[/]  {r[S.DISCIPLINE]}  route [bold]{r[S.ROUTE]}[/]  "
-                  f"reasons {r[S.ROUTE_REASONS]}  source {r[S.SOURCE]}")
+                  f"reasons {escape(str(r[S.ROUTE_REASONS]))}  source {escape(str(r[S.SOURCE]))}")
     if r[S.INPUT_ERROR]:
         console.print(f"input error: {r[S.INPUT_ERROR]}\nraw: {r[S.RAW]}")
         return
@@ -226,14 +393,15 @@ def explain(
                 imgs = ", ".join(f"{im[S.IMG_NAME]} {im[S.IMG_WIDTH]}x{im[S.IMG_HEIGHT]}" for im in c[S.CELL_IMAGES] or [])
                 fid = "n/a" if c[S.CELL_FIDELITY] is None else f"{c[S.CELL_FIDELITY]:.2f}"
                 console.print(f"  [bold]replay[/] {c[S.CELL_STATUS]} in {c[S.CELL_DURATION_MS]:.0f} ms, "
-                              f"fidelity {fid}, images [{imgs}]")
+                              f"fidelity {fid}, images: {escape(imgs) or 'none'}")
                 console.print("  " + (c[S.CELL_STDOUT] or "").strip()[:1500], markup=False, highlight=False)
                 if c[S.CELL_ERROR]:
                     console.print("  " + c[S.CELL_ERROR].strip()[:1500], markup=False, highlight=False)
             console.print(f"  [bold]recorded[/] {(t[S.TURN_OBS_TEXT] or '').strip()[:500]}")
     console.print(f"[bold]Final answer[/] {r[S.FINAL_ANSWER]}")
     if r[S.TEXT_RESPONSE]:
-        console.print(f"[bold]Text-only version[/] (flags {r[S.TEXT_FLAGS]})\n{r[S.TEXT_RESPONSE]}")
+        console.print(f"[bold]Text-only version[/] (flags {escape(str(r[S.TEXT_FLAGS]))})")
+        console.print(r[S.TEXT_RESPONSE], markup=False, highlight=False)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ class IngestConfig(_Strict):
     )
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
     raw_keep_chars: int = Field(2000, ge=0, description="how much of an invalid record's raw text is kept")
+    tasks_per_window: int = Field(
+        500, ge=1, description="read tasks per Ray Data execution: Ray keeps per-block state in the driver, "
+        "so the corpus streams through in windows to keep the driver's memory flat",
+    )
 
 
 class ReplayConfig(_Strict):
@@ -54,8 +58,24 @@ class JudgeConfig(_Strict):
     llm: LLMJudgeSettings = LLMJudgeSettings()
 
 
+class DedupConfig(_Strict):
+    exact: bool = Field(True, description="reject records whose sample_id an earlier record already has")
+    image_hamming: int | None = Field(
+        4, ge=0, le=16, description="near-duplicate first images: max pHash Hamming distance (null: off)"
+    )
+    image_max_thumb_diff: float | None = Field(
+        0.5, ge=0, le=255,
+        description="near images must also differ by at most this mean grey level on 32x32 thumbnails (null: off)",
+    )
+    benchmark_image_hamming: int | None = Field(
+        4, ge=0, le=16, description="benchmark image match: max pHash Hamming distance (null: off)"
+    )
+    benchmark_questions: bool = Field(True, description="match normalised questions against the benchmark")
+
+
 class RunConfig(_Strict):
     ingest: IngestConfig = IngestConfig()
+    dedup: DedupConfig = DedupConfig()
     replay: ReplayConfig = ReplayConfig()
     judges: JudgeConfig = JudgeConfig()
     routing: RoutingPolicy = RoutingPolicy()

@@ -1,259 +1,269 @@
 """Ingest: input files -> canonical sample rows (schemas.sample), one row per input record.
 
-The driver only plans: it scans each JSONL file once for line offsets and emits small read
-tasks (file, byte offset, first record index, record count). Workers read their slice and
-parse it, so the driver never holds the corpus. A record that cannot be parsed still becomes
-exactly one row, with ``input_error`` set to a machine-readable kind and its raw text kept.
+The driver only plans (pipeline.sources): it finds record boundaries (JSONL lines, JSON array
+elements, Parquet/Arrow rows) and emits small read tasks; it also detects each file's format
+from its first records (the first adapter of pipeline.formats.ADAPTERS that recognises one), or
+takes the one forced with ``--format``. Workers read their slice and parse it, so the driver
+never holds the corpus. Each record goes to the forced adapter, else to the first adapter that
+recognises it (files may mix formats), else to its file's format (see :func:`choose_adapter`).
+
+A record that cannot be used still becomes exactly one row, with ``input_error`` set to a
+machine-readable kind (routing turns it into ``invalid_input:<kind>``) and its raw text kept
+(truncated). Kinds: non_utf8, malformed_json, not_an_object, unknown_format, missing_field:<f>,
+wrong_type, empty_trajectory, missing_image, remote_image, corrupt_image, image_too_large,
+decompression_bomb, image_placeholder_mismatch, unterminated_code, unterminated_answer,
+unterminated_observation, orphan_observation, unsupported_turns, unsupported_tool,
+unreadable_file, truncated_file, unreadable_record, adapter_error.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+import pyarrow as pa
 
+from pipeline import sources
 from pipeline.config import IngestConfig
-from pipeline.formats import native as N
+from pipeline.formats import BY_NAME, detect_adapter, get_adapter
+from pipeline.formats.base import (  # noqa: F401  (re-exported: ingest's public names)
+    InputError,
+    RecordContext,
+    image_from_bytes,
+    load_image,
+)
+from pipeline.sources import ReadTask, discover_inputs  # noqa: F401  (re-exported)
 from schemas import sample as S
 
-JSONL_SUFFIXES = (".jsonl",)
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+DETECT_RECORDS = 16  # records read per file to detect its format
+UNKNOWN_FORMAT = "unknown"
 
 
-@dataclass(frozen=True)
-class ReadTask:
-    """A contiguous slice of one JSONL file: ``count`` non-blank lines starting at ``offset``."""
-
-    file: str
-    offset: int
-    first_index: int
-    count: int
-
-
-class InputError(ValueError):
-    """A record is unusable; ``kind`` becomes ``invalid_input:<kind>`` in the route reasons."""
-
-    def __init__(self, kind: str, detail: str = ""):
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
+# --- planning (driver) ---------------------------------------------------------------------
+def detect_file_format(path: Path, n: int = DETECT_RECORDS) -> str:
+    """Name of the adapter that recognises the first parseable record of a file ('' if none)."""
+    for payload in sources.sample_payloads(path, n):
+        try:
+            record = _decode(payload)
+        except InputError:
+            continue
+        adapter = detect_adapter(record)
+        if adapter is not None:
+            return adapter.name
+    return ""
 
 
-def discover_inputs(inputs: list[Path]) -> list[Path]:
-    """Expand directories to the JSONL files below them (sorted); check that every path exists."""
-    files: list[Path] = []
-    for p in inputs:
-        p = Path(p)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in JSONL_SUFFIXES)
-            found = [f for f in found if f.name != "labels.jsonl"]  # evaluation labels are never input
-            if not found:
-                raise FileNotFoundError(f"{p} holds no {'/'.join(JSONL_SUFFIXES)} files; point INPUT at a corpus")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"input {p} does not exist; pass a JSONL file or a directory of them")
-    return files
-
-
-def plan_read_tasks(files: list[Path], records_per_task: int, limit: int | None = None) -> list[ReadTask]:
-    """Scan files (streaming, O(1) memory per line) into read tasks; ``limit`` caps the records."""
-    tasks: list[ReadTask] = []
+def iter_read_tasks(
+    files: list[Path], records_per_task: int, limit: int | None = None, format: str | None = None
+) -> Iterator[ReadTask]:
+    """Read tasks for ``files`` (at most ``limit`` records in total), produced lazily file by
+    file. ``format`` forces an adapter for every record; otherwise each file's format is detected
+    from its first records."""
+    if format is not None:
+        get_adapter(format)  # fail early with the list of names
     total = 0
     for f in files:
-        index = 0
-        start_offset = None
-        start_index = 0
-        count = 0
-        offset = 0
-        with open(f, "rb") as fh:
-            for line in fh:
-                if limit is not None and total >= limit:
-                    break
-                if line.strip():
-                    if count == 0:
-                        start_offset, start_index = offset, index
-                    count += 1
-                    index += 1
-                    total += 1
-                    if count == records_per_task:
-                        tasks.append(ReadTask(str(f), start_offset, start_index, count))
-                        count = 0
-                offset += len(line)
-        if count:
-            tasks.append(ReadTask(str(f), start_offset, start_index, count))
         if limit is not None and total >= limit:
-            break
-    return tasks
+            return
+        fmt = format if format is not None else detect_file_format(Path(f))
+        for task in sources.plan_file(Path(f), records_per_task, None if limit is None else limit - total):
+            total += task.count
+            yield replace(task, format=fmt, forced=format is not None)
 
 
-def read_task(task: ReadTask | dict, cfg: IngestConfig) -> list[dict[str, Any]]:
-    """Read one task's records and turn each into a canonical row (valid or invalid)."""
-    if isinstance(task, dict):
-        task = ReadTask(**task)
-    rows = []
-    with open(task.file, "rb") as fh:
-        fh.seek(task.offset)
-        index = task.first_index
-        while len(rows) < task.count:
-            line = fh.readline()
-            if not line:  # the file shrank since planning: the missing records are still reported
-                rows.append(_invalid_row(task.file, index, b"", "truncated_file", cfg))
-                index += 1
-                continue
-            if not line.strip():
-                continue
-            rows.append(parse_line(line, task.file, index, cfg))
-            index += 1
-    return rows
+def plan_read_tasks(
+    files: list[Path], records_per_task: int, limit: int | None = None, format: str | None = None
+) -> list[ReadTask]:
+    """All read tasks at once (see :func:`iter_read_tasks`; the pipeline streams them instead)."""
+    return list(iter_read_tasks(files, records_per_task, limit, format))
+
+
+def write_plan(tasks: Iterable[ReadTask], path: Path) -> tuple[int, int]:
+    """Stream read tasks to a JSONL plan file; returns (records, tasks). The driver keeps the plan
+    on disk, so its memory does not grow with the corpus."""
+    records = n = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for task in tasks:
+            fh.write(json.dumps(asdict(task)) + "\n")
+            records += task.count
+            n += 1
+    return records, n
+
+
+def read_plan(path: Path, window: int) -> Iterator[list[ReadTask]]:
+    """The plan file's tasks, ``window`` at a time."""
+    batch: list[ReadTask] = []
+    with open(path) as fh:
+        for line in fh:
+            batch.append(ReadTask(**json.loads(line)))
+            if len(batch) == window:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+# --- parsing (workers) ---------------------------------------------------------------------
+def _decode(payload: bytes | dict[str, Any] | Exception) -> Any:
+    """A payload from pipeline.sources -> the parsed record; InputError for unreadable ones."""
+    if isinstance(payload, dict):
+        return payload
+    if isinstance(payload, UnicodeError):
+        raise InputError("non_utf8", str(payload))
+    if isinstance(payload, EOFError):
+        raise InputError("truncated_file", str(payload))
+    if isinstance(payload, OSError | pa.ArrowException):
+        raise InputError("unreadable_file", str(payload))
+    if isinstance(payload, Exception):
+        raise InputError("unreadable_record", f"{type(payload).__name__}: {payload}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError("non_utf8", str(exc)) from exc
+    try:
+        record = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InputError("malformed_json", str(exc)[:200]) from exc
+    if _SURROGATE_ESCAPE.search(payload):  # "\ud800" escapes decode to text UTF-8 cannot hold
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError("non_utf8", f"lone surrogate escape: {exc}"[:200]) from exc
+    return record
+
+
+def _raw_text(payload: bytes | dict[str, Any] | Exception, keep: int) -> str:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload[: keep * 4 + 16]).decode("utf-8", "replace").rstrip("\r\n")[:keep]
+    if isinstance(payload, dict):
+        def short(v: Any) -> Any:
+            return f"<{len(v)} bytes>" if isinstance(v, bytes | bytearray) else repr(v)
+
+        return json.dumps(payload, default=short)[:keep]
+    return f"{type(payload).__name__}: {payload}"[:keep]
+
+
+def choose_adapter(record: Any, file_format: str, forced: bool):
+    """The adapter for one record: the forced one; else the first adapter (in the specific-first
+    order of pipeline.formats.ADAPTERS) that recognises the record; else the file's detected
+    format, so a broken record of a Thyme file reports which Thyme field is wrong instead of
+    ``unknown_format``. InputError('unknown_format') if there is none."""
+    if not isinstance(record, dict):
+        raise InputError("not_an_object", f"got {type(record).__name__}")
+    if forced:
+        return get_adapter(file_format)
+    adapter = detect_adapter(record) or BY_NAME.get(file_format)
+    if adapter is None:
+        keys = ", ".join(sorted(str(k) for k in record)[:12])
+        raise InputError("unknown_format", f"no adapter recognises a record with keys {keys}")
+    return adapter
+
+
+def parse_payload(
+    payload: bytes | dict[str, Any] | Exception,
+    file: str,
+    index: int,
+    cfg: IngestConfig,
+    file_format: str = "",
+    forced: bool = False,
+) -> dict[str, Any]:
+    """One record (raw JSON bytes, a row dict, or the error that made it unreadable) -> one
+    canonical row. Never raises for bad data."""
+    used = file_format or UNKNOWN_FORMAT
+    try:
+        record = _decode(payload)
+        adapter = choose_adapter(record, file_format, forced)
+        used = adapter.name
+        ctx = RecordContext(file=str(file), index=index, cfg=cfg, base_dir=Path(file).parent,
+                            dataset=_default_dataset(file))
+        return adapter.to_row(record, ctx)
+    except InputError as exc:
+        return invalid_row(file, index, _raw_text(payload, cfg.raw_keep_chars), exc.kind, cfg, used)
+    except (RecursionError, MemoryError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        # an input shape no adapter anticipated: still exactly one row, with the reason
+        kind = "adapter_error"
+        return invalid_row(file, index, _raw_text(payload, cfg.raw_keep_chars) or repr(exc), kind, cfg, used)
 
 
 def parse_line(line: bytes, file: str, index: int, cfg: IngestConfig) -> dict[str, Any]:
-    """One JSONL line -> one canonical row. Never raises for bad data."""
-    try:
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError("non_utf8", str(exc)) from exc
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError("malformed_json", str(exc)) from exc
-        return native_record_to_row(record, Path(file), index, cfg)
-    except InputError as exc:
-        return _invalid_row(file, index, line, exc.kind, cfg)
+    """One JSONL line -> one canonical row (format auto-detected per record)."""
+    return parse_payload(line, file, index, cfg)
 
 
-def _invalid_row(file: str, index: int, line: bytes, kind: str, cfg: IngestConfig) -> dict[str, Any]:
-    raw = line.decode("utf-8", "replace").rstrip("\r\n")
+def _default_dataset(file: str) -> str:
+    path = Path(file)
+    if sources.is_hf_dataset_dir(path.parent):  # HF arrow shards are named data-0000x-of-...
+        return path.parent.name
+    return path.stem
+
+
+def invalid_row(file: str, index: int, raw: str, kind: str, cfg: IngestConfig, fmt: str = UNKNOWN_FORMAT) -> dict[str, Any]:
+    """The row of an unusable record: its error kind and (truncated) raw text."""
+    raw = raw.encode("utf-8", "replace").decode("utf-8")[: cfg.raw_keep_chars]
     row = S.empty_row()
     row.update(
         {
             S.SAMPLE_ID: S.invalid_sample_id(file, index, raw),
-            S.SOURCE: _source(file, index, Path(file).stem),
+            S.SOURCE: {S.SRC_DATASET: _default_dataset(file), S.SRC_FILE: str(file), S.SRC_INDEX: index,
+                       S.SRC_FORMAT: fmt},
             S.DISCIPLINE: "unknown",
             S.IMAGES: [],
             S.TURNS: [],
             S.INPUT_ERROR: kind,
-            S.RAW: raw[: cfg.raw_keep_chars],
+            S.RAW: raw,
         }
     )
     return row
 
 
-def _source(file: str, index: int, dataset: str) -> dict[str, Any]:
-    return {S.SRC_DATASET: dataset, S.SRC_FILE: str(file), S.SRC_INDEX: index, S.SRC_FORMAT: "native"}
+def task_flags(task: ReadTask) -> dict[int, dict[str, Any]]:
+    """Dedup/contamination verdicts attached to a task by the driver: record index -> columns."""
+    if not task.flags:
+        return {}
+    return {int(k): v for k, v in json.loads(task.flags).items()}
 
 
-def _text(value: Any, field: str, required: bool = False) -> str | None:
-    if value is None:
-        if required:
-            raise InputError(f"missing_field:{field}")
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise InputError("wrong_type", f"{field} must be a string, got {type(value).__name__}")
-    return str(value)
+def read_task(task: ReadTask | dict, cfg: IngestConfig) -> list[dict[str, Any]]:
+    """Read one task's records and turn each into a canonical row (valid or invalid); rows of
+    records the dedup pass flagged carry their verdict columns."""
+    if isinstance(task, dict):
+        task = ReadTask(**task)
+    flags = task_flags(task)
+    rows = []
+    for index, payload in sources.task_payloads(task):
+        row = parse_payload(payload, task.file, index, cfg, task.format, task.forced)
+        verdict = flags.get(index)
+        if verdict and not row[S.INPUT_ERROR]:
+            row[S.DUPLICATE_OF] = verdict.get(S.DUPLICATE_OF)
+            row[S.CONTAMINATED_BY] = verdict.get(S.CONTAMINATED_BY) or None
+        rows.append(row)
+    return rows
 
 
-def load_image(path: Path, cfg: IngestConfig) -> dict[str, Any]:
-    """Read and check one image file -> IMAGE_TYPE dict; decompression bombs never get decoded."""
-    if not path.is_file():
-        raise InputError("missing_image", str(path))
-    if path.stat().st_size > cfg.max_image_bytes:
-        raise InputError("image_too_large", f"{path} is {path.stat().st_size} bytes")
-    data = path.read_bytes()
-    return image_from_bytes(data, path.name, cfg)
+_TASK_FIELDS = tuple(f.name for f in fields(ReadTask))
 
 
-def image_from_bytes(data: bytes, name: str, cfg: IngestConfig, path: str | None = None) -> dict[str, Any]:
-    """Check encoded image bytes (header size before decoding, then integrity) -> IMAGE_TYPE dict."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size  # header only: nothing decoded yet
-                if width * height > cfg.max_image_pixels:
-                    raise InputError("decompression_bomb", f"{name} is {width}x{height}")
-                im.verify()
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError("decompression_bomb", str(exc)) from exc
-    except Exception as exc:  # PIL raises many types for corrupt data
-        raise InputError("corrupt_image", f"{name}: {exc}") from exc
-    return S.image_record(name, data, width, height, path)
+def task_from_batch(batch: dict[str, Any], i: int) -> ReadTask:
+    return ReadTask(**{k: _scalar(batch[k][i]) for k in _TASK_FIELDS})
 
 
-def native_record_to_row(record: Any, file: Path, index: int, cfg: IngestConfig) -> dict[str, Any]:
-    """A parsed native record -> canonical row; raises InputError for unusable records."""
-    if not isinstance(record, dict):
-        raise InputError("not_an_object", f"got {type(record).__name__}")
-    base = file.parent
-    question = _text(record.get(N.KEY_QUESTION), N.KEY_QUESTION, required=True)
-    discipline = _text(record.get(N.KEY_DISCIPLINE), N.KEY_DISCIPLINE) or "unknown"
-    discipline = discipline.strip().lower()
-    if discipline not in S.DISCIPLINES:
-        discipline = "unknown"
-    image_paths = record.get(N.KEY_IMAGES) or []
-    if not isinstance(image_paths, list) or not all(isinstance(p, str) for p in image_paths):
-        raise InputError("wrong_type", "images must be a list of paths")
-    images = [{**load_image(base / p, cfg), S.IMG_PATH: p} for p in image_paths]
-    raw_turns = record.get(N.KEY_TURNS)
-    if not isinstance(raw_turns, list):
-        raise InputError("wrong_type" if raw_turns is not None else "empty_trajectory", "turns must be a list")
-    if not raw_turns:
-        raise InputError("empty_trajectory")
-    turns = []
-    for t in raw_turns:
-        if not isinstance(t, dict):
-            raise InputError("wrong_type", "each turn must be an object")
-        obs = t.get(N.KEY_OBSERVATION) or {}
-        if not isinstance(obs, dict):
-            raise InputError("wrong_type", "observation must be an object")
-        obs_paths = obs.get(N.KEY_OBS_IMAGES) or []
-        if not isinstance(obs_paths, list) or not all(isinstance(p, str) for p in obs_paths):
-            raise InputError("wrong_type", "observation images must be a list of paths")
-        turns.append(
-            {
-                S.TURN_REASONING: _text(t.get(N.KEY_REASONING), N.KEY_REASONING) or "",
-                S.TURN_CODE: _text(t.get(N.KEY_CODE), N.KEY_CODE),
-                S.TURN_OBS_TEXT: _text(obs.get(N.KEY_OBS_TEXT), N.KEY_OBS_TEXT),
-                S.TURN_OBS_IMAGES: [load_image(base / p, cfg) for p in obs_paths],
-            }
-        )
-    final_answer = _text(record.get(N.KEY_FINAL_ANSWER), N.KEY_FINAL_ANSWER)
-    ground_truth = _text(record.get(N.KEY_ANSWER), N.KEY_ANSWER)
-    dataset = _text(record.get(N.KEY_DATASET), N.KEY_DATASET) or file.stem
-    row = S.empty_row()
-    row.update(
-        {
-            S.SAMPLE_ID: S.compute_sample_id(
-                question, [i[S.IMG_SHA256] for i in images], turns, final_answer
-            ),
-            S.SOURCE: _source(str(file), index, dataset),
-            S.DISCIPLINE: discipline,
-            S.QUESTION: question,
-            S.GROUND_TRUTH: ground_truth,
-            S.IMAGES: images,
-            S.TURNS: turns,
-            S.FINAL_ANSWER: final_answer,
-        }
-    )
-    return row
+def task_items(tasks: list[ReadTask]) -> list[dict[str, Any]]:
+    """Tasks as plain dicts for ray.data.from_items."""
+    return [asdict(t) for t in tasks]
 
 
-def ingest_batch(batch: dict[str, Any], cfg: IngestConfig) -> Iterator[Any]:
+def ingest_batch(batch: dict[str, Any], cfg: IngestConfig) -> Iterator[pa.Table]:
     """Ray Data map_batches fn: a batch of ReadTask dicts -> canonical tables."""
-    n = len(batch["file"])
-    for i in range(n):
-        task = ReadTask(**{k: _scalar(batch[k][i]) for k in asdict(ReadTask("", 0, 0, 0))})
-        yield S.to_table(read_task(task, cfg))
+    for i in range(len(batch["file"])):
+        yield S.to_table(read_task(task_from_batch(batch, i), cfg))
 
 
 def _scalar(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
+    v = v.item() if hasattr(v, "item") else v
+    return v

@@ -10,7 +10,6 @@ per sample ``replay_status`` sums it up:
 from __future__ import annotations
 
 import io
-import os
 import time
 from typing import Any
 
@@ -19,31 +18,11 @@ from PIL import Image
 
 from pipeline.config import ReplayConfig
 from pipeline.fidelity import cell_fidelity
-from pipeline.sandbox import InputImage, ProcessSandbox, SandboxLimits
+from pipeline.sandbox import InputImage
+from pipeline.sandbox.levels import make_sandbox, sandbox_limits, sandbox_uid
 from schemas import sample as S
 
-UID_BASE, UID_RANGE = 60000, 5000
 STATUS_SEVERITY = ("forbidden", "memory", "timeout", "killed", "error")
-
-
-def sandbox_limits(cfg: ReplayConfig) -> SandboxLimits:
-    return SandboxLimits(
-        cell_timeout_s=cfg.cell_timeout_s, total_timeout_s=cfg.total_timeout_s, memory_mb=cfg.memory_mb
-    )
-
-
-def sandbox_uid() -> int:
-    """A uid of its own for this actor's sandbox, so RLIMIT_NPROC (counted per uid) of one
-    fork-bombing trajectory cannot starve the sandboxes of other actors on the node."""
-    import hashlib
-
-    import ray
-
-    try:
-        key = ray.get_runtime_context().get_actor_id() or str(os.getpid())
-    except Exception:  # not inside Ray
-        key = str(os.getpid())
-    return UID_BASE + int(hashlib.sha256(key.encode()).hexdigest(), 16) % UID_RANGE
 
 
 class SandboxBrokenError(RuntimeError):
@@ -120,8 +99,16 @@ def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
 class ReplayActor:
     """Ray Data actor: owns one sandbox for its lifetime and replays batches of samples."""
 
-    def __init__(self, cfg: ReplayConfig, stage_metrics: Any = None):
-        self.sandbox = ProcessSandbox(sandbox_limits(cfg), uid=sandbox_uid(), gid=sandbox_uid())
+    def __init__(self, cfg: ReplayConfig, stage_metrics: Any = None, allow_weak_sandbox: bool = False):
+        # replay.sandbox picks the kind (default: the zygote); it refuses to start below
+        # replay.min_sandbox_level unless the run was started with --allow-weak-sandbox.
+        self.sandbox = make_sandbox(
+            cfg.sandbox,
+            sandbox_limits(cfg),
+            uid=sandbox_uid(),
+            min_level=cfg.min_sandbox_level,
+            allow_weaker=allow_weak_sandbox,
+        )
         self.metrics = stage_metrics
         check_sandbox_works(self.sandbox)
 

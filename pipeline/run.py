@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,18 +21,29 @@ import ray
 from judges import metric_judges
 from pipeline import __version__
 from pipeline.config import RunConfig
-from pipeline.ingest import discover_inputs, ingest_batch, plan_read_tasks
+from pipeline.dedup import attach_verdicts, find_verdicts, keys_batch, load_benchmark
+from pipeline.ingest import (
+    ReadTask,
+    discover_inputs,
+    ingest_batch,
+    iter_read_tasks,
+    read_plan,
+    task_items,
+    write_plan,
+)
 from pipeline.judge import JudgeStage
 from pipeline.llm_judge import LLMJudgeStage
 from pipeline.manifest import build_manifest, write_manifest
 from pipeline.metrics import StageMetrics
 from pipeline.replay import ReplayActor
 from pipeline.route import route_batch
+from pipeline.sandbox.levels import SandboxLevelError, check_level
 from schemas import sample as S
 
 log = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"
+PLAN_FILE = "plan.jsonl"
 JUDGE_CACHE_DIR = "judge_cache"  # LLM judge responses, kept with the output so reruns are free
 
 
@@ -62,6 +73,76 @@ def replay_pool_size(cfg: RunConfig) -> int:
     return max(1, int(cpus))
 
 
+def ensure_sandbox_level(
+    cfg: RunConfig, allow_weak_sandbox: bool = False, warn: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Start a sandbox as configured and compare its layers with ``replay.min_sandbox_level``.
+
+    Raises :class:`SandboxLevelError` (saying which layers are missing and what to do) when the
+    level is not met, unless ``allow_weak_sandbox``. Returns the check for the manifest.
+    """
+    ok, report = check_level(cfg.replay)
+    if not ok:
+        if not allow_weak_sandbox:
+            raise SandboxLevelError("refusing to replay untrusted code: " + report.advice())
+        (warn or log.warning)(
+            f"WEAK SANDBOX: {report.summary()}; missing: {', '.join(report.missing) or report.error}. "
+            "Proceeding only because of --allow-weak-sandbox: the replayed code is less isolated than configured."
+        )
+    return report.as_dict()
+
+
+def ingest_dataset(tasks: list[ReadTask], cfg: RunConfig) -> ray.data.Dataset:
+    """Read tasks -> canonical rows, one small block per task (so replay spreads over actors)."""
+    ds = ray.data.from_items(task_items(tasks), override_num_blocks=len(tasks))
+    return ds.map_batches(partial(ingest_batch, cfg=cfg.ingest), batch_size=1, batch_format="numpy", num_cpus=0.25)
+
+
+KEY_TASKS_PER_BATCH = 16  # the key pass has no replay behind it: bigger batches, fewer Ray tasks
+
+
+def dedup_needed(cfg: RunConfig, benchmark: list | None) -> bool:
+    d = cfg.dedup
+    return bool(d.exact or d.image_hamming is not None or benchmark)
+
+
+def dedup_verdicts(
+    windows: Iterable[list[ReadTask]], cfg: RunConfig, benchmark: list | None, work_dir: Path
+) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, int]]:
+    """Key pre-pass (Ray Data, window by window: parse, hash, append key rows to
+    ``work_dir/keys``), then the verdicts with DuckDB (pipeline.dedup). Returns the verdicts of
+    the flagged records only, and counts for the manifest."""
+    if not dedup_needed(cfg, benchmark):
+        return {}, {}
+    keys_dir = work_dir / "keys"
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    for tasks in windows:
+        blocks = max(-(-len(tasks) // KEY_TASKS_PER_BATCH), min(len(tasks), 4 * cpus))
+        ds = ray.data.from_items(task_items(tasks), override_num_blocks=blocks)
+        ds = ds.map_batches(
+            partial(keys_batch, cfg=cfg.ingest), batch_size=-(-len(tasks) // blocks), batch_format="numpy",
+            num_cpus=0.25,
+        )
+        ds.write_parquet(str(keys_dir))
+    verdicts = find_verdicts(sorted(str(p) for p in keys_dir.rglob("*.parquet")), cfg.dedup, benchmark)
+    counts = {
+        "duplicates": sum(1 for v in verdicts.values() if v.get(S.DUPLICATE_OF)),
+        "contaminated": sum(1 for v in verdicts.values() if v.get(S.CONTAMINATED_BY)),
+    }
+    return verdicts, counts
+
+
+def dedup_tasks(
+    tasks: list[ReadTask], cfg: RunConfig, benchmark: list | None, work_dir: Path
+) -> tuple[list[ReadTask], dict[str, int]]:
+    """:func:`dedup_verdicts` for a task list in memory; returns the tasks carrying their verdicts."""
+    window = cfg.ingest.tasks_per_window
+    verdicts, counts = dedup_verdicts(
+        (tasks[k : k + window] for k in range(0, len(tasks), window)), cfg, benchmark, work_dir
+    )
+    return attach_verdicts(tasks, verdicts), counts
+
+
 def run_pipeline(
     inputs: list[Path],
     out_dir: Path,
@@ -70,21 +151,43 @@ def run_pipeline(
     limit: int | None = None,
     quiet: bool = False,
     num_cpus: int | None = None,
+    allow_weak_sandbox: bool = False,
+    warn: Callable[[str], None] | None = None,
+    format: str | None = None,
+    benchmark: Path | None = None,
 ) -> dict[str, Any]:
-    """Curate ``inputs`` into ``out_dir``; returns the manifest (also written as manifest.json)."""
+    """Curate ``inputs`` into ``out_dir``; returns the manifest (also written as manifest.json).
+
+    Before any Ray work the replay sandbox is checked against ``replay.min_sandbox_level``
+    (:func:`ensure_sandbox_level`): below it the run stops with :class:`SandboxLevelError`, unless
+    ``allow_weak_sandbox`` (then ``warn`` gets a loud message). ``format`` forces one input
+    adapter (pipeline.formats) instead of detecting each file's; ``benchmark`` is a JSONL file of
+    benchmark items to decontaminate against (pipeline.dedup).
+    """
     started = time.time()
     timings: dict[str, float] = {}
     files = discover_inputs(inputs)
-    t = time.perf_counter()
-    tasks = plan_read_tasks(files, cfg.ingest.lines_per_task, limit)
-    input_records = sum(task.count for task in tasks)
-    timings["plan_s"] = round(time.perf_counter() - t, 3)
-
+    bench = load_benchmark(benchmark, cfg.ingest) if benchmark else None
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     lineage = {S.LIN_PIPELINE_VERSION: __version__, S.LIN_CONFIG_HASH: cfg.config_hash(), S.LIN_RUN_ID: run_id}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".staging-{run_id}"
+
+    # The plan streams to disk and the corpus through Ray in windows of read tasks: the driver's
+    # memory does not grow with the corpus (Ray keeps per-block state in the driver).
+    t = time.perf_counter()
+    plan = staging / PLAN_FILE
+    try:
+        input_records, n_tasks = write_plan(iter_read_tasks(files, cfg.ingest.lines_per_task, limit, format), plan)
+        timings["plan_s"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        sandbox = ensure_sandbox_level(cfg, allow_weak_sandbox, warn) if n_tasks else None
+        timings["sandbox_check_s"] = round(time.perf_counter() - t, 3)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    windows = partial(read_plan, plan, cfg.ingest.tasks_per_window)
 
     t = time.perf_counter()
     init_ray(address, quiet=quiet, num_cpus=num_cpus)
@@ -94,15 +197,19 @@ def run_pipeline(
     metrics = StageMetrics.remote()
 
     t = time.perf_counter()
-    if tasks:
+    verdicts, dedup_counts = dedup_verdicts(windows(), cfg, bench, staging) if n_tasks else ({}, {})
+    timings["dedup_s"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    (staging / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    for window in windows():
         pool = replay_pool_size(cfg)
-        ds = ray.data.from_items([asdict(task) for task in tasks], override_num_blocks=len(tasks))
-        ds = ds.map_batches(
-            partial(ingest_batch, cfg=cfg.ingest), batch_size=1, batch_format="numpy", num_cpus=0.25
-        )
+        ds = ingest_dataset(attach_verdicts(window, verdicts), cfg)
         ds = ds.map_batches(
             ReplayActor,
-            fn_constructor_kwargs={"cfg": cfg.replay, "stage_metrics": metrics},
+            fn_constructor_kwargs={
+                "cfg": cfg.replay, "stage_metrics": metrics, "allow_weak_sandbox": allow_weak_sandbox
+            },
             batch_size=cfg.replay.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=pool),
@@ -136,8 +243,6 @@ def run_pipeline(
             num_cpus=0.25,
         )
         ds.write_parquet(str(staging / SHARDS_DIR), partition_cols=list(S.PARTITION_COLUMNS))
-    else:
-        (staging / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     timings["execute_s"] = round(time.perf_counter() - t, 3)
 
     # Swap the finished shards in only once the whole run succeeded.
@@ -157,5 +262,7 @@ def run_pipeline(
         counters=ray.get(metrics.get_counters.remote()),
         started=started,
     )
+    manifest["sandbox"] = sandbox
+    manifest["dedup"] = dedup_counts
     write_manifest(out_dir, manifest)
     return manifest

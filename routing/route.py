@@ -3,7 +3,9 @@
 Order of decisions (default policy in routing.policy.RoutingPolicy):
  1. invalid input                         -> rejected  [invalid_input:<kind>]
  2. any reject reason below                -> rejected  [all that apply]
-    sandbox_violation (a cell was forbidden), code_failed:<status> (replay failed),
+    duplicate_of:<sample_id> and contaminated:<benchmark> (verdicts of pipeline.dedup, carried
+    in the duplicate_of / contaminated_by columns), no_trajectory (a prompt with an empty turn
+    list, e.g. an RL input record; no score reason is added to it), sandbox_violation (a cell was forbidden), code_failed:<status> (replay failed),
     observation_mismatch (cells ran but the record contradicts the replay),
     wrong_answer, unverifiable (only if the policy asks), low_coherence, low_alignment,
     low_educational_value
@@ -38,6 +40,11 @@ def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
     score = {d: row.get(S.score_column(d)) for d in S.DIMENSIONS}
     status = row.get(S.REPLAY_STATUS)
     reasons: list[str] = []
+    if row.get(S.DUPLICATE_OF):
+        reasons.append(f"duplicate_of:{row[S.DUPLICATE_OF]}")
+    reasons.extend(f"contaminated:{name}" for name in row.get(S.CONTAMINATED_BY) or [])
+    if row.get(S.TURNS) == []:  # a prompt without a trajectory: nothing was produced to score
+        return Decision("rejected", [*reasons, "no_trajectory"])
     if status == "forbidden":
         reasons.append("sandbox_violation")
     elif _below(score["code_correctness"], policy.min_code_correctness):

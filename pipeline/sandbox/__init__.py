@@ -1,8 +1,12 @@
 """Replay sandbox for model-written code cells.
 
-Level 1 (this package today): :class:`ProcessSandbox`, one fresh hardened child process per
-trajectory. A later level (zygote fork-server with full namespaces + seccomp) implements the same
-:class:`Sandbox` protocol.
+Two implementations of the :class:`Sandbox` protocol start the same hardened child (namespaces,
+read-only filesystem with masked host dirs, unprivileged uid, rlimits, seccomp, cgroups; see
+:mod:`pipeline.sandbox.isolation`): :class:`ZygoteSandbox` (level "zygote", the default: forks of
+one pre-imported zygote, ~15 ms per trajectory) and :class:`ProcessSandbox` (level "process": a
+fresh interpreter per trajectory, ~0.7 s). :mod:`pipeline.sandbox.levels` defines the isolation
+levels (strict, standard, weak) and :func:`check_level`, which starts a sandbox and reads back
+which layers it really applied.
 """
 
 from pipeline.sandbox.base import (
@@ -16,7 +20,15 @@ from pipeline.sandbox.base import (
     SandboxLimits,
     SandboxUnavailableError,
 )
-from pipeline.sandbox.process import DEFAULT_REQUIRED_LAYERS, ProcessSandbox, isolation_report
+from pipeline.sandbox.process import (
+    DEFAULT_REQUIRED_LAYERS,
+    DISABLE_ENV,
+    ChildSandbox,
+    ProcessSandbox,
+    disabled_layers,
+    isolation_report,
+)
+from pipeline.sandbox.zygote import ZygoteSandbox
 
 __all__ = [
     "CELL_STATUSES",
@@ -24,11 +36,15 @@ __all__ = [
     "STDERR_MARKER",
     "TRUNCATION_MARKER",
     "CellOutcome",
+    "ChildSandbox",
+    "DISABLE_ENV",
     "InputImage",
     "ProcessSandbox",
     "Sandbox",
     "SandboxError",
     "SandboxLimits",
     "SandboxUnavailableError",
+    "ZygoteSandbox",
+    "disabled_layers",
     "isolation_report",
 ]

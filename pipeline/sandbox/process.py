@@ -1,24 +1,25 @@
-"""Level 1 replay sandbox: one fresh, hardened child interpreter per trajectory.
+"""Replay sandbox, level "process": one fresh, hardened child interpreter per trajectory.
 
-The parent side of the sandbox. It prepares a private work directory, starts
-``runner.py`` (which isolates itself, see its docstring) with a clean environment, sends the cells
-one at a time over a pipe, enforces the wall-clock limits by killing the child's whole process
-group, and validates every message that comes back (JSON only; nothing from the child is
-unpickled, and the only image format the parent accepts is PNG).
+The parent side of the sandbox, shared with the zygote level (:mod:`pipeline.sandbox.zygote`,
+which only changes how the child is started). It prepares a private work directory and the
+sandbox's cgroups, starts the child (here ``runner.py`` in a fresh interpreter with a clean
+environment), sends the cells one at a time over a pipe, enforces the wall-clock limits by
+killing the child's whole process group, and validates every message that comes back (JSON only;
+nothing from the child is unpickled, and the only image format the parent accepts is PNG).
 
-Layers (see :func:`isolation_report`): separate process with a clean environment; new session;
-parent-death signal; no_new_privs; network, PID and mount namespaces (empty network, a private
-/proc, every mount read-only, /tmp replaced by an empty read-only tmpfs holding only the work dir);
-rlimits; unprivileged uid; wall-clock kill of the whole process group; capped output.
+Layers (see :func:`isolation_report` for what this machine offers and ``last_layers`` for what a
+replay applied): separate process with a clean environment; new session; parent-death signal;
+no_new_privs; network, PID, mount, IPC and UTS namespaces (empty network, a private /proc, every
+mount read-only, /tmp replaced by an empty read-only tmpfs holding only the work dir, the
+project directory, $HOME, /root and /home masked); rlimits; unprivileged uid (a distinct uid per
+concurrent slot makes RLIMIT_NPROC per-slot); seccomp-bpf; memory and pids cgroups per sandbox
+(an OOM kill by the cgroup is reported as status "memory"); wall-clock kill of the whole process
+group; capped output; a policy monitor that reports attempts as "forbidden".
 
-What this level does *not* give (the zygote level adds it): the child can still *read*
-world-readable host files (the project tree, /etc/passwd, /sys); no seccomp filter (an
-unprivileged child can still create a user namespace, connect to a world-writable AF_UNIX socket
-if the host has one, ptrace its own processes); no cgroup (memory is bounded per process by RLIMIT_AS,
-not per trajectory, and disk use in the work dir only by RLIMIT_FSIZE per file and the clock);
-RLIMIT_NPROC is per uid, so concurrent sandboxes should each get their own ``uid``.
+``TWI_SANDBOX_DISABLE`` (comma-separated layer names, ``cgroups`` for both cgroup layers) turns
+layers off, to see how the pipeline behaves on a weaker machine; the disabled layers are then
+reported missing. Valid names: see :data:`DISABLEABLE_LAYERS`.
 """
-
 from __future__ import annotations
 
 import atexit
@@ -41,7 +42,9 @@ import time
 import weakref
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from pipeline.sandbox import cgroups
 from pipeline.sandbox.base import (
     CHILD_STATUSES,
     STATUS_KILLED,
@@ -56,6 +59,22 @@ from pipeline.sandbox.base import (
 )
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the source tree (masked inside the sandbox)
+DISABLE_ENV = "TWI_SANDBOX_DISABLE"
+# Layers the child can be told to skip (TWI_SANDBOX_DISABLE); "cgroups" means both cgroup layers.
+DISABLEABLE_LAYERS = frozenset(
+    {
+        "network_namespace",
+        "pid_namespace",
+        "mount_namespace",
+        "ipc_namespace",
+        "uts_namespace",
+        "masked_host_dirs",
+        "seccomp",
+        "cgroup_memory",
+        "cgroup_pids",
+    }
+)
 NOBODY_UID = 65534
 NOGROUP_GID = 65534
 
@@ -79,6 +98,7 @@ _MAX_READY_BYTES = 1 << 20
 _POLL_S = 0.2  # how often a waiting parent checks that the child is still alive
 _LOG_TAIL_BYTES = 2048
 _REAP_TIMEOUT_S = 5.0  # how long kill() waits for the last process of the session to go
+_FINISH_TIMEOUT_S = 2.0  # how long finish() waits for a child that was asked to exit
 _SIGNAL_REASONS = {
     signal.SIGXCPU: "CPU time limit exceeded (SIGXCPU)",
     signal.SIGKILL: "killed by SIGKILL (CPU hard limit or out of memory)",
@@ -148,10 +168,37 @@ def _probe(python: str) -> tuple[tuple[str, bool], ...]:
     return tuple(sorted((str(k), bool(v)) for k, v in result.items()))
 
 
-def isolation_report(python: str | None = None) -> dict[str, bool]:
-    """Which isolation layers :class:`ProcessSandbox` applies on this machine (False = missing)."""
+def disabled_layers(value: str | None = None) -> frozenset[str]:
+    """Layers turned off by ``TWI_SANDBOX_DISABLE`` (or ``value``): e.g. ``seccomp,cgroups``."""
+    if value is None:
+        value = os.environ.get(DISABLE_ENV, "")
+    names: set[str] = set()
+    for raw in value.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        if name == "cgroups":
+            names.update(("cgroup_memory", "cgroup_pids"))
+        elif name in DISABLEABLE_LAYERS:
+            names.add(name)
+        else:
+            raise ValueError(
+                f"{DISABLE_ENV}: unknown layer {name!r}; use any of: cgroups, "
+                + ", ".join(sorted(DISABLEABLE_LAYERS))
+            )
+    return frozenset(names)
+
+
+def isolation_report(python: str | None = None, disabled: frozenset[str] | set[str] = frozenset()) -> dict[str, bool]:
+    """Which isolation layers this machine lets a sandbox child apply (False = missing).
+
+    Probed once per interpreter by a throw-away child (namespaces, mounts, seccomp) plus a test
+    cgroup; ``disabled`` layers are reported missing. What a replay really applied is in the
+    sandbox's ``last_layers``.
+    """
     probe = dict(_probe(python or sys.executable))
-    return {
+    cg = cgroups.available()
+    report = {
         "separate_process": True,
         "clean_environment": True,
         "new_session": True,
@@ -159,15 +206,39 @@ def isolation_report(python: str | None = None) -> dict[str, bool]:
         "no_new_privs": probe.get("no_new_privs", False),
         "network_namespace": probe.get("network_namespace", False),
         "pid_namespace": probe.get("pid_namespace", False),
+        "mount_namespace": probe.get("mount_namespace", False),
+        "ipc_namespace": probe.get("ipc_namespace", False),
+        "uts_namespace": probe.get("uts_namespace", False),
+        "read_only_filesystem": probe.get("read_only_filesystem", False),
+        "masked_host_dirs": probe.get("masked_host_dirs", False),
         "unprivileged_uid": os.geteuid() == 0,  # only root can switch to another uid
         "rlimits": True,
+        "seccomp": probe.get("seccomp", False),
+        "cgroup_memory": cg.get("memory", False),
+        "cgroup_pids": cg.get("pids", False),
         "wall_clock_kill": True,
         "output_cap": True,
-        "mount_namespace": probe.get("mount_namespace", False),
-        "read_only_filesystem": probe.get("read_only_filesystem", False),
-        "seccomp": False,
-        "cgroups": False,
+        "policy_monitor": True,
     }
+    for layer in disabled:
+        report[layer] = False
+    if not report["mount_namespace"]:
+        report["read_only_filesystem"] = report["masked_host_dirs"] = False
+    report["cgroups"] = report["cgroup_memory"] and report["cgroup_pids"]
+    return report
+
+
+def host_dirs_to_mask() -> list[str]:
+    """Directories of this host the cells must not read: the project, the cwd, $HOME, /root, /home.
+
+    The child skips system trees and re-exposes the interpreter found below them (read-only).
+    """
+    # the source tree, when this is a checkout (not a site-packages install)
+    project = [str(PROJECT_ROOT)] if (PROJECT_ROOT / "pyproject.toml").is_file() else []
+    dirs = [*project, os.path.expanduser("~"), "/root", "/home"]
+    with contextlib.suppress(OSError):
+        dirs.insert(1, os.getcwd())
+    return list(dict.fromkeys(dirs))
 
 
 _shared_mpl_lock = threading.Lock()
@@ -264,12 +335,13 @@ def _live_members(pgid: int) -> list[int]:
 class _Child:
     """The parent's handle on one sandbox child: pipes, process group, log file."""
 
-    def __init__(self, proc: subprocess.Popen, req_w: int, resp_r: int, log_path: str) -> None:
-        self.proc = proc
+    def __init__(self, proc: subprocess.Popen | Any, req_w: int, resp_r: int, log_path: str) -> None:
+        self.proc = proc  # a Popen, or anything with its pid/poll/wait/kill (the zygote's init)
         self.req_w = req_w
         self.resp_r = resp_r
         self.log_path = log_path
         self.killed = False
+        self.oom_before = 0  # the sandbox cgroup's OOM kills when this child started
         os.set_blocking(req_w, False)
         os.set_blocking(resp_r, False)
 
@@ -390,24 +462,61 @@ class _Child:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             time.sleep(0.005)
+        self._close()
+
+    def finish(self, pid_namespace: bool) -> None:
+        """End a child that answered its cells.
+
+        With a PID namespace the worker is asked to exit; its init then kills whatever the cells
+        left in the namespace, reaps it and only then exits (or, at the zygote level, reports the
+        exit code), so once that is seen nothing of the trajectory runs any more. Without one, or
+        when the child does not go promptly, :meth:`kill`.
+        """
+        if self.killed:
+            return
+        if pid_namespace:
+            with contextlib.suppress(_Deadline, _ChildGone, OSError):
+                self.send({"op": "exit"}, time.monotonic() + 1.0)
+            try:
+                self.proc.wait(timeout=_FINISH_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+            else:
+                # A Popen's outer process waited for init; a zygote's init must have reported.
+                if getattr(self.proc, "clean_exit", True):
+                    self.killed = True
+                    self._close()
+                    return
+        self.kill()
+
+    def _close(self) -> None:
         for fd in (self.req_w, self.resp_r):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        close = getattr(self.proc, "close", None)
+        if close is not None:
+            close()
 
 
 # ------------------------------------------------------------------------------------------------
 # the sandbox
 # ------------------------------------------------------------------------------------------------
-class ProcessSandbox:
-    """One fresh child interpreter per :meth:`replay` (per trajectory).
+class ChildSandbox:
+    """Parent side shared by the sandbox levels: one hardened child per :meth:`replay`.
 
     ``uid``/``gid``: the unprivileged identity the child drops to (a distinct uid per concurrent
     slot makes RLIMIT_NPROC per-slot). ``allow_weaker``: run even if a layer in
     ``required_layers`` is unavailable here (e.g. not root). ``preload``: pre-import the image
     libraries before the privilege drop (turning it off is only for tests of the machinery).
+    ``disabled``: layers to leave out (default: ``TWI_SANDBOX_DISABLE``). ``cgroup_memory_mb``: the
+    memory limit of the sandbox's cgroup (default ``limits.memory_mb``, like RLIMIT_AS; the cgroup
+    counts real memory of every process of the trajectory, RLIMIT_AS address space per process).
+    Subclasses implement :meth:`_spawn`.
     """
 
-    level = "process"
+    level = "child"
+    _child_joins_cgroups = True  # False: the child is born in the cgroups (the zygote joined them)
+    _cgroup_resident_tasks = 0  # long-lived processes of the sandbox inside its pids cgroup
 
     def __init__(
         self,
@@ -421,13 +530,16 @@ class ProcessSandbox:
         allow_weaker: bool = False,
         preload: bool = True,
         disable_aslr: bool = True,
+        disabled: frozenset[str] | set[str] | None = None,
+        cgroup_memory_mb: int | None = None,
     ) -> None:
         self.limits = limits or SandboxLimits()
         self.python = python or sys.executable
         self.required_layers = frozenset(required_layers)
         self.preload = preload
         self.disable_aslr = disable_aslr
-        self.report = isolation_report(self.python)
+        self.disabled = disabled_layers() if disabled is None else frozenset(disabled)
+        self.report = isolation_report(self.python, self.disabled)
         missing = sorted(layer for layer in self.required_layers if not self.report.get(layer))
         if missing and not allow_weaker:
             raise SandboxUnavailableError(
@@ -444,12 +556,23 @@ class ProcessSandbox:
             shutil.rmtree(self._base, ignore_errors=True)
             raise SandboxError(f"{self._base} is not reachable by uid {uid}; pass another base_dir")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._base, True)  # also at exit
+        self.cgroup: cgroups.CgroupSlot | None = None
+        memory_mb = cgroup_memory_mb or self.limits.memory_mb
+        want_memory = self.report["cgroup_memory"]
+        want_pids = self.report["cgroup_pids"]
+        if want_memory or want_pids:
+            self.cgroup = cgroups.CgroupSlot(
+                memory_bytes=int(memory_mb) << 20 if want_memory else None,
+                pids_max=self.limits.max_processes + self._cgroup_resident_tasks if want_pids else None,
+            )
+            self._cgroup_cleanup = weakref.finalize(self, self.cgroup.remove)
         self._mpl_dir = _matplotlib_config_dir(self.python)
+        self._mask_dirs = host_dirs_to_mask()
         self._closed = False
         # Run the cells under a pid-1 init in a new PID namespace when the kernel allows it, so
         # that nothing the cells start (even after setsid) outlives the trajectory. Only tests
         # turn this off, to exercise the fallback used where PID namespaces are unavailable.
-        self.use_pid_namespace = True
+        self.use_pid_namespace = "pid_namespace" not in self.disabled
         # Diagnostics of the last replay (not part of the Sandbox protocol).
         self.last_pid: int | None = None
         self.last_layers: dict[str, bool] = {}
@@ -491,9 +614,10 @@ class ProcessSandbox:
                 outcomes.append(outcome)
                 if not alive:
                     break
+            child.finish(bool(self.last_layers.get("pid_namespace")))
         finally:
             if child is not None:
-                child.kill()
+                child.kill()  # no-op after finish()
             shutil.rmtree(work_dir, ignore_errors=True)
             shutil.rmtree(ctl_dir, ignore_errors=True)
         if len(outcomes) < len(cells):
@@ -505,9 +629,15 @@ class ProcessSandbox:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._stop()
+            if self.cgroup is not None:
+                self._cgroup_cleanup()
             self._cleanup()
 
-    def __enter__(self) -> ProcessSandbox:
+    def _stop(self) -> None:
+        """Stop what the sandbox keeps running between replays (nothing at this level)."""
+
+    def __enter__(self) -> ChildSandbox:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -538,13 +668,10 @@ class ProcessSandbox:
             raise
         return work_dir, ctl_dir
 
-    def _spawn(self, work_dir: str, ctl_dir: str, inputs: list[str]) -> _Child:
-        req_r, req_w = os.pipe()
-        resp_r, resp_w = os.pipe()
-        config = {
+    def _child_config(self, work_dir: str, inputs: list[str]) -> dict:
+        """What the child needs to isolate itself and run the cells (JSON)."""
+        return {
             "parent_pid": os.getpid(),
-            "req_fd": req_r,
-            "resp_fd": resp_w,
             "uid": self.uid,
             "gid": self.gid,
             "work_dir": work_dir,
@@ -553,36 +680,23 @@ class ProcessSandbox:
             "preload": self.preload,
             "disable_aslr": self.disable_aslr,
             "pid_namespace": self.use_pid_namespace,
+            "disabled": sorted(self.disabled),
+            "mask_dirs": self._mask_dirs,
+            "cgroups": self.cgroup.child_config() if self.cgroup is not None else {},
+            "join_cgroups": self._child_joins_cgroups,
         }
-        log_path = os.path.join(ctl_dir, "child.log")
-        try:
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    [self.python, "-s", "-P", "-B", str(RUNNER_PATH), json.dumps(config)],
-                    env=_clean_env(work_dir, self._mpl_dir),
-                    cwd=work_dir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(req_r, resp_w),
-                    start_new_session=True,  # setsid(): the child's pgid is its pid
-                    close_fds=True,
-                )
-        except BaseException:
-            for fd in (req_r, req_w, resp_r, resp_w):
-                os.close(fd)
-            raise
-        os.close(req_r)
-        os.close(resp_w)
-        self.last_pid = proc.pid
-        return _Child(proc, req_w, resp_r, log_path)
+
+    def _spawn(self, work_dir: str, ctl_dir: str, inputs: list[str]) -> _Child:
+        raise NotImplementedError
 
     def _await_ready(self, child: _Child, deadline: float) -> None:
         msg = child.recv(deadline, _MAX_READY_BYTES)
         if msg.get("type") != "ready" or not isinstance(msg.get("layers"), dict):
             raise _ProtocolError("expected a ready message")
-        layers = {str(k): bool(v) for k, v in msg["layers"].items()}
+        layers = dict.fromkeys(self.report, False)
+        layers.update({str(k): bool(v) for k, v in msg["layers"].items()})
         layers.update(separate_process=True, clean_environment=True, wall_clock_kill=True, output_cap=True)
+        layers["cgroups"] = layers["cgroup_memory"] and layers["cgroup_pids"]
         notes = msg.get("notes")
         self.last_layers = layers
         self.last_notes = [str(n)[:1000] for n in notes[:100]] if isinstance(notes, list) else []
@@ -600,8 +714,17 @@ class ProcessSandbox:
         if isinstance(exc, _Deadline):
             return f"not run: the sandbox did not start within the {self.limits.total_timeout_s:g} s limit"
         if isinstance(exc, _ChildGone) and child is not None:
-            return "not run: " + child.death(self.limits)[1]
+            return "not run: " + self._death(child)[1]
         return f"not run: sandbox start failed: {type(exc).__name__}: {exc}"
+
+    def _death(self, child: _Child) -> tuple[str, str]:
+        """(status, reason) for a child that died; "memory" when the sandbox cgroup OOM-killed."""
+        status, reason = child.death(self.limits)
+        if self.cgroup is not None and self.cgroup.oom_kills() > child.oom_before:
+            mb = (self.cgroup.memory_bytes or 0) >> 20
+            status = STATUS_MEMORY
+            reason = f"out of memory: killed by the sandbox's {mb} MB cgroup memory limit ({reason})"
+        return status, reason
 
     def _max_message_bytes(self) -> int:
         limits = self.limits
@@ -637,7 +760,7 @@ class ProcessSandbox:
                 )
             return CellOutcome(STATUS_TIMEOUT, "", reason, duration, []), False
         except _ChildGone:
-            status, reason = child.death(limits)
+            status, reason = self._death(child)
             return CellOutcome(status, "", reason, elapsed_ms(), []), False
         except _ProtocolError as exc:
             duration = elapsed_ms()
@@ -677,3 +800,44 @@ class ProcessSandbox:
                 name = f"cell{index}_{k}_image.png"
             images.append((name, data))
         return CellOutcome(status, stdout, error if status != "ok" else "", duration_ms, images)
+
+
+class ProcessSandbox(ChildSandbox):
+    """Level "process": one fresh child interpreter per :meth:`replay` (per trajectory).
+
+    Slow to start (the interpreter imports the image libraries each time, ~0.7 s) but shares
+    nothing between trajectories; :class:`~pipeline.sandbox.zygote.ZygoteSandbox` applies the
+    same layers to a fork of a pre-imported process instead.
+    """
+
+    level = "process"
+
+    def _spawn(self, work_dir: str, ctl_dir: str, inputs: list[str]) -> _Child:
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        config = {**self._child_config(work_dir, inputs), "req_fd": req_r, "resp_fd": resp_w}
+        log_path = os.path.join(ctl_dir, "child.log")
+        oom_before = self.cgroup.oom_kills() if self.cgroup is not None else 0
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [self.python, "-s", "-P", "-B", str(RUNNER_PATH), json.dumps(config)],
+                    env=_clean_env(work_dir, self._mpl_dir),
+                    cwd=work_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(req_r, resp_w),
+                    start_new_session=True,  # setsid(): the child's pgid is its pid
+                    close_fds=True,
+                )
+        except BaseException:
+            for fd in (req_r, req_w, resp_r, resp_w):
+                os.close(fd)
+            raise
+        os.close(req_r)
+        os.close(resp_w)
+        self.last_pid = proc.pid
+        child = _Child(proc, req_w, resp_r, log_path)
+        child.oom_before = oom_before
+        return child

@@ -1,78 +1,56 @@
 """The sandbox child: isolates itself, then replays model-written cells sent by the parent.
 
-Started by :class:`pipeline.sandbox.process.ProcessSandbox` as
-``python -s -P -B runner.py CONFIG_JSON`` with a clean environment, as its own session leader.
-The file is self-contained (the standard library only at module level) because ``-P`` keeps the
-script's directory off ``sys.path``; the image libraries are pre-imported by the worker before it
-drops privileges.
+Two ways in, one hardened child (the isolation steps live in ``isolation.py`` next to this file,
+loaded without putting the directory on ``sys.path``; ``-P`` keeps it off):
 
-Process tree when a PID namespace is available::
+* level "process" (:class:`pipeline.sandbox.process.ProcessSandbox`): ``python -s -P -B runner.py
+  CONFIG_JSON``, a fresh interpreter per trajectory, started with a clean environment as its own
+  session leader; the worker pre-imports the image libraries before it drops privileges.
+* level "zygote" (:class:`pipeline.sandbox.zygote.ZygoteSandbox`): ``python -s -P -B runner.py
+  --zygote CONFIG_JSON`` starts one long-lived zygote per sandbox with a clean environment; it
+  pre-imports the libraries once and forks each trajectory's init (see :func:`zygote_main`).
 
-    outer   host pid, session leader, root   unshare(NET|PID|NS); read-only mounts, private /tmp;
-                                             waits for init and mirrors its exit code
-      init  pid 1 of the new PID namespace   mounts a private /proc; reaps orphans; exits when the
-                                             worker exits, which makes the kernel SIGKILL every
-                                             process left in the namespace
-        worker  pid 2, unprivileged uid      rlimits, pre-imports, drop privileges, runs the cells
+Process tree of one trajectory when a PID namespace is available::
 
-Without a PID namespace the outer process is the worker. Every layer that the kernel refuses is
-reported as False in the ready message instead of failing the start; the parent decides.
+    outer   host pid, session leader, root      (process level only) unshare(PID); waits for
+                                                init and mirrors its exit code
+      init  pid 1 of the new PID namespace,      joins the cgroups; unshare(NET|NS|IPC|UTS);
+            root                                read-only mounts, private /tmp, masked host dirs,
+                                                private /proc; reaps orphans; when the worker
+                                                exits it kills what is left and exits with its code
+        worker  pid 2, unprivileged uid         rlimits, no_new_privs, drop privileges, seccomp,
+                                                runs the cells
+
+The zygote puts the init into a fresh PID namespace itself (unshare, fork, setns back), so there
+is no outer process; init reports the worker's exit code on a status pipe. It forks the next
+trajectory's init in advance, which prepares its namespaces and filesystem while the current
+trajectory runs (:func:`_standby_init`). Without a PID namespace init is a plain process (a child
+subreaper) of the session. Every layer that the kernel refuses is reported as False in the ready
+message instead of failing the start; the parent decides.
 
 Wire protocol, both directions: 4-byte big-endian length, then a UTF-8 JSON object.
   parent -> worker  {"op": "run", "index": i, "code": "..."} | {"op": "exit"}
+                    (zygote level: first {"op": "config", ...}, read by init)
   worker -> parent  {"type": "ready", "layers": {...}, "notes": [...], "startup_ms": ...}
                     {"type": "cell", "index": i, "status": "ok|error|memory|forbidden",
                      "stdout": "...", "error": "...", "images": [{"name": "...", "png": "<base64>"}]}
 The parent never unpickles anything from here and validates every message.
-
-Each isolation step is a separate function (``set_parent_death_signal``, ``ensure_new_session``,
-``unshare_namespaces``, ``make_filesystem_read_only``, ``mount_private_tmp``,
-``mount_private_proc``, ``apply_rlimits``, ``set_no_new_privs``, ``preimport_libraries``,
-``expose_unreadable_sys_path``, ``drop_privileges``) so the later zygote can reuse them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import os
-import resource
 import signal
 import struct
 import sys
 import time
 
-CLONE_NEWNET = 0x40000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNS = 0x00020000
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_PRIVATE = 0x40000
-AT_FDCWD = -100
-AT_RECURSIVE = 0x8000
-MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_NOSUID = 0x2
-MOUNT_ATTR_NODEV = 0x4
-PRIVATE_WORK_DIR = "/tmp/work"  # the work dir as the cells see it when /tmp is private
-PRIVATE_CONFIG_DIR = "/tmp/.mplconfig"
-SYS_MOUNT_SETATTR = 442  # same number on every architecture (unified syscall table, Linux >= 5.12)
-PR_SET_PDEATHSIG = 1
-PR_SET_NO_NEW_PRIVS = 38
-ADDR_NO_RANDOMIZE = 0x0040000
-
-EXIT_ORPHANED = 70  # the parent died before we could arm the parent-death signal
-EXIT_SETUP_FAILED = 71  # an isolation step failed before any model code ran
-EXIT_PROTOCOL = 72  # the request pipe broke or carried garbage
-
 HEADER = struct.Struct(">I")
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
+STATUS = struct.Struct(">i")  # init -> parent (zygote level): the worker's exit code
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
@@ -80,335 +58,21 @@ MAX_CAPTURE_PIXELS = 64 * 1024 * 1024
 MAX_SCANNED_FILES = 20000
 STDERR_MARKER = "\n[stderr]\n"
 
-# Libraries model code uses. They are imported before the privilege drop: the interpreter lives
-# under /root (mode 0700), which the unprivileged uid cannot traverse.
-PRELOAD_MODULES = (
-    # standard library
-    "abc", "argparse", "array", "base64", "binascii", "bisect", "cmath", "collections",
-    "collections.abc", "colorsys", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal",
-    "difflib", "encodings.idna", "enum", "errno", "fnmatch", "fractions", "functools", "glob", "gzip", "hashlib",
-    "heapq", "http.client", "inspect", "io", "itertools", "json", "linecache", "locale", "math",
-    "numbers", "operator", "pathlib", "pickle", "platform", "pprint", "queue", "random", "re",
-    "shutil", "signal", "socket", "ssl", "statistics", "string", "struct", "subprocess", "tempfile",
-    "textwrap", "threading", "time", "traceback", "typing", "unicodedata", "urllib.parse",
-    "urllib.request", "uuid", "warnings", "zipfile", "zlib",
-    # image / numeric stack
-    "numpy", "numpy.linalg", "numpy.fft", "numpy.random", "cv2",
-    "PIL", "PIL.Image", "PIL.ImageChops", "PIL.ImageColor", "PIL.ImageDraw", "PIL.ImageEnhance",
-    "PIL.ImageFilter", "PIL.ImageFont", "PIL.ImageOps", "PIL.ImageStat",
-    "matplotlib", "matplotlib.pyplot", "matplotlib.patches", "matplotlib.colors", "matplotlib.cm",
-    "scipy", "scipy.ndimage",
-    "skimage", "skimage.filters", "skimage.feature", "skimage.measure", "skimage.morphology",
-    "skimage.exposure", "skimage.transform", "skimage.color", "skimage.segmentation", "skimage.io",
-    "skimage.util", "skimage.draw",
-)  # fmt: skip
 
-_libc: ctypes.CDLL | None = None
+def _load_isolation():
+    """``isolation.py`` from this directory, without putting the directory on ``sys.path``."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "isolation.py")
+    spec = importlib.util.spec_from_file_location("twi_sandbox_isolation", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-# --------------------------------------------------------------------------------------------
-# isolation steps
-# --------------------------------------------------------------------------------------------
-def _libc_call(name: str, *args: int) -> int:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    fn = getattr(_libc, name)
-    fn.restype = ctypes.c_long
-    rc = fn(*[ctypes.c_ulong(a) for a in args])
-    if rc == -1:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
-    return rc
-
-
-def disable_aslr_and_reexec() -> None:
-    """Re-exec once with ADDR_NO_RANDOMIZE so object addresses in printed reprs are reproducible."""
-    current = _libc_call("personality", 0xFFFFFFFF)
-    if current & ADDR_NO_RANDOMIZE:
-        return
-    _libc_call("personality", current | ADDR_NO_RANDOMIZE)
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-
-
-def set_parent_death_signal(expected_ppid: int | None) -> bool:
-    """SIGKILL this process when its parent dies; exit at once if the parent is already gone."""
-    _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if expected_ppid is not None and os.getppid() != expected_ppid:
-        os._exit(EXIT_ORPHANED)
-    return True
-
-
-def ensure_new_session() -> bool:
-    """Own session and process group, so the parent can kill the whole group with one killpg."""
-    if os.getsid(0) != os.getpid():
-        os.setsid()
-    return os.getsid(0) == os.getpid() and os.getpgid(0) == os.getpid()
-
-
-def unshare_namespaces(pid: bool = True, mount: bool = True) -> dict[str, bool]:
-    """New network namespace (only a DOWN loopback), PID namespace and mount namespace.
-
-    Each namespace is unshared on its own so a missing one does not cost the others. Root
-    unshares directly; an unprivileged caller first enters a new user namespace. The PID
-    namespace takes effect for the children forked after this call.
-    """
-    result = {
-        "user_namespace": False,
-        "network_namespace": False,
-        "pid_namespace": False,
-        "mount_namespace": False,
-    }
-    if os.geteuid() != 0:
-        with contextlib.suppress(OSError):
-            _libc_call("unshare", CLONE_NEWUSER)
-            result["user_namespace"] = True
-    for key, flag, wanted in (
-        ("network_namespace", CLONE_NEWNET, True),
-        ("pid_namespace", CLONE_NEWPID, pid),
-        ("mount_namespace", CLONE_NEWNS, mount),
-    ):
-        if wanted:
-            with contextlib.suppress(OSError):
-                _libc_call("unshare", flag)
-                result[key] = True
-    return result
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    fn = _libc.mount
-    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
-    fn.restype = ctypes.c_int
-
-    def enc(v: str | None) -> bytes | None:
-        return None if v is None else os.fsencode(v)
-
-    if fn(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
-
-
-def _mount_setattr(path: str, flags: int, attr_set: int = 0, attr_clr: int = 0) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    attr = _MountAttr(attr_set, attr_clr, 0, 0)
-    fn = _libc.syscall
-    fn.restype = ctypes.c_long
-    rc = fn(
-        ctypes.c_long(SYS_MOUNT_SETATTR),
-        ctypes.c_int(AT_FDCWD),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.c_uint(flags),
-        ctypes.byref(attr),
-        ctypes.c_size_t(ctypes.sizeof(attr)),
-    )
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount_setattr {path}: {os.strerror(err)}")
-
-
-def make_filesystem_read_only(writable: list[str]) -> bool:
-    """In the (already unshared) mount namespace: every mount read-only, except ``writable``.
-
-    Mount events stop propagating to the host first (MS_PRIVATE). The ``writable`` directories
-    are bind-mounted onto themselves read-write (nosuid, nodev); file permissions still apply
-    on top, so the unprivileged uid can write only where it could before *and* inside these.
-    Closes the world-writable places (/tmp, /var/tmp, /dev/shm, /tmp/ray/...).
-    """
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount_setattr("/", AT_RECURSIVE, attr_set=MOUNT_ATTR_RDONLY)
-    for path in writable:
-        _mount(path, path, None, MS_BIND)
-        _mount_setattr(path, 0, attr_set=MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, attr_clr=MOUNT_ATTR_RDONLY)
-    return True
-
-
-def interpreter_dirs_under(root: str) -> list[str]:
-    """The interpreter's prefixes and package dirs that live below ``root`` (outermost only)."""
-    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix}
-    candidates |= {p for p in sys.path if "site-packages" in p or "dist-packages" in p}
-    inside = sorted(
-        os.path.abspath(p) for p in candidates if p and os.path.isdir(p) and os.path.abspath(p).startswith(root + os.sep)
-    )
-    outermost: list[str] = []
-    for p in inside:
-        if not any(p == q or p.startswith(q + os.sep) for q in outermost):
-            outermost.append(p)
-    return outermost
-
-
-def mount_private_tmp(work_dir: str, config_dir: str | None) -> tuple[str, str | None]:
-    """Replace /tmp by an empty read-only tmpfs holding only the work dir (and the matplotlib
-    config dir), at fixed paths: the host's /tmp disappears from view and ``work_dir`` is the
-    same for every replay, so printed paths are reproducible. Returns the new paths.
-    """
-    fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in (work_dir, config_dir) if p]
-    # An interpreter or virtualenv installed under /tmp (a CI checkout, say) stays visible, read-only.
-    keep = interpreter_dirs_under("/tmp")
-    keep_fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in keep]
-    try:
-        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=755")
-        targets = [PRIVATE_WORK_DIR, PRIVATE_CONFIG_DIR][: len(fds)]
-        for fd, target in zip(fds, targets, strict=True):
-            os.mkdir(target, 0o755)
-            _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
-            _mount_setattr(
-                target, 0, attr_set=MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, attr_clr=MOUNT_ATTR_RDONLY
-            )
-        for fd, path in zip(keep_fds, keep, strict=True):
-            os.makedirs(path, 0o755, exist_ok=True)
-            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-            _mount_setattr(path, AT_RECURSIVE, attr_set=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
-        _mount_setattr("/tmp", 0, attr_set=MOUNT_ATTR_RDONLY)
-    finally:
-        for fd in fds + keep_fds:
-            os.close(fd)
-    return PRIVATE_WORK_DIR, (PRIVATE_CONFIG_DIR if config_dir else None)
-
-
-def mount_private_proc() -> bool:
-    """From pid 1 of the new PID namespace: a read-only /proc that shows only its processes."""
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
-    return True
-
-
-def apply_rlimits(limits: dict) -> bool:
-    """Address space, CPU, file size, open files, processes (per uid, threads count), no core."""
-    mb = 1024 * 1024
-    cpu = int(limits["cpu_s"])
-    settings = [
-        (resource.RLIMIT_AS, int(limits["memory_mb"]) * mb, int(limits["memory_mb"]) * mb),
-        (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL one second later
-        (resource.RLIMIT_FSIZE, int(limits["max_file_bytes"]), int(limits["max_file_bytes"])),
-        (resource.RLIMIT_NOFILE, 256, 256),
-        (resource.RLIMIT_NPROC, int(limits["max_processes"]), int(limits["max_processes"])),
-        (resource.RLIMIT_CORE, 0, 0),
-    ]
-    for which, soft, hard in settings:
-        resource.setrlimit(which, (soft, hard))
-    return True
-
-
-def set_no_new_privs() -> bool:
-    """execve can never grant privileges again (setuid binaries, file capabilities)."""
-    _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    return True
-
-
-def preimport_libraries(modules: tuple[str, ...] = PRELOAD_MODULES) -> list[str]:
-    """Import (and warm the lazy parts of) the libraries model code uses; return failures."""
-    import importlib
-
-    failed = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - a missing optional library is reported, not fatal
-            failed.append(f"{name}: {type(exc).__name__}: {exc}")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-        from PIL import Image, ImageFont
-
-        Image.init()  # registers every plugin now, not lazily after the drop
-        ImageFont.load_default()
-        fig = plt.figure(figsize=(1, 1), dpi=10)  # warms the Agg canvas, fonts and the PNG writer
-        fig.text(0.5, 0.5, "x")
-        import io
-
-        fig.savefig(io.BytesIO(), format="png")
-        plt.close(fig)
-    except Exception as exc:  # noqa: BLE001
-        failed.append(f"warm-up: {type(exc).__name__}: {exc}")
-    return failed
-
-
-def _world_traversable(path: str) -> bool:
-    """True if "others" may search ``path`` and every ancestor (what the dropped uid gets)."""
-    current = os.path.abspath(path)
-    while True:
-        try:
-            st = os.stat(current)
-        except OSError:
-            return False
-        if not st.st_mode & 0o001:
-            return False
-        parent = os.path.dirname(current)
-        if parent == current:
-            return True
-        current = parent
-
-
-def expose_unreadable_sys_path() -> list[int]:
-    """Keep lazy imports working after the drop for ``sys.path`` entries under /root (0700).
-
-    Opens each such directory now (as root) and replaces its entry by ``/proc/self/fd/N``: the
-    magic link reaches the directory without search permission on its ancestors, while the
-    directory's own (world-readable) permissions still apply. Nothing else under /root becomes
-    reachable: ``..`` from there needs search permission on /root again. The ``__path__`` of
-    already-imported packages (``encodings``, ``email``, ...) is rewritten the same way.
-    """
-    fds = []
-    new_path = []
-    moved: dict[str, str] = {}
-    for entry in sys.path:
-        if not entry or not os.path.isdir(entry):
-            continue
-        if _world_traversable(entry):
-            new_path.append(entry)
-            continue
-        try:
-            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        fds.append(fd)
-        moved[entry.rstrip(os.sep) + os.sep] = f"/proc/self/fd/{fd}/"
-        new_path.append(f"/proc/self/fd/{fd}")
-    sys.path[:] = new_path
-    sys.path_importer_cache.clear()
-
-    def relocate(path: str) -> str:
-        for old, new in moved.items():
-            if path.startswith(old):
-                return new + path[len(old) :]
-        return path
-
-    for module in list(sys.modules.values()):
-        search = getattr(module, "__path__", None)
-        if isinstance(search, list):
-            search[:] = [relocate(p) if isinstance(p, str) else p for p in search]
-    return fds
-
-
-def drop_privileges(uid: int, gid: int) -> bool:
-    """setgroups([]) + setresgid + setresuid to an unprivileged uid; verify it cannot go back."""
-    if os.geteuid() != 0:
-        return False
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
-        raise RuntimeError("privilege drop did not take effect")
-    try:
-        os.setuid(0)
-    except PermissionError:
-        return True
-    raise RuntimeError("privilege drop is reversible")
+iso = _load_isolation()
+EXIT_ORPHANED, EXIT_SETUP_FAILED, EXIT_PROTOCOL = iso.EXIT_ORPHANED, iso.EXIT_SETUP_FAILED, iso.EXIT_PROTOCOL
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,8 +445,11 @@ _SECRET_PATTERNS = ("/environ", "/.ssh/", "/.aws/", "/.netrc", "/.bash_history")
 
 
 class PolicyMonitor:
-    def __init__(self, work_dir: str) -> None:
+    def __init__(self, work_dir: str, library_dirs: list[str] = ()) -> None:
         self.work_dir = os.path.realpath(work_dir)
+        # Reading the interpreter's own files (lazy imports, tracebacks) is not an attempt on the
+        # host, even where they live under /root: the mount namespace re-exposes exactly these.
+        self.library_dirs = tuple(d.rstrip(os.sep) + os.sep for d in library_dirs if d not in ("", "/"))
         self.active = False
         self.violations: list[str] = []
 
@@ -800,6 +467,8 @@ class PolicyMonitor:
         try:
             p = os.path.realpath(os.path.join(self.work_dir, os.fsdecode(path)))
         except TypeError:
+            return False
+        if self.library_dirs and p.startswith(self.library_dirs):
             return False
         return p.startswith(_SECRET_PREFIXES) or any(x in p for x in _SECRET_PATTERNS)
 
@@ -837,7 +506,7 @@ class PolicyMonitor:
 # the worker
 # --------------------------------------------------------------------------------------------
 class Worker:
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict, seccomp: object | None = None) -> None:
         self.cfg = cfg
         self.limits = cfg["limits"]
         self.work_dir = cfg["work_dir"]
@@ -848,17 +517,26 @@ class Worker:
         self.namespace: dict = {}
         self.notes: list[str] = []
         self.pid = os.getpid()
-        self.policy = PolicyMonitor(self.work_dir)
+        self.seccomp = seccomp  # an iso.SeccompFilter built by the zygote, or None: build it here
+        self.policy = PolicyMonitor(self.work_dir, iso.interpreter_paths())
 
     # -- set-up -----------------------------------------------------------------------------
     def isolate(self, layers: dict[str, bool]) -> None:
-        layers["rlimits"] = apply_rlimits(self.limits)
-        layers["no_new_privs"] = set_no_new_privs()
-        if self.cfg.get("preload", True):
-            self.notes.extend(preimport_libraries())
-        self.path_fds = expose_unreadable_sys_path()
+        iso.set_oom_score_adj(0)  # init is protected from the OOM killer; the cells are not
+        layers["rlimits"] = iso.apply_rlimits(self.limits)
+        layers["no_new_privs"] = iso.set_no_new_privs()
+        if self.cfg.get("preload", True) and not self.cfg.get("preloaded"):
+            self.notes.extend(iso.preimport_libraries())
+        self.path_fds = iso.expose_unreadable_sys_path()
         uid, gid = self.cfg.get("uid"), self.cfg.get("gid")
-        layers["unprivileged_uid"] = drop_privileges(int(uid), int(gid)) if uid is not None else False
+        layers["unprivileged_uid"] = iso.drop_privileges(int(uid), int(gid)) if uid is not None else False
+        layers["seccomp"] = False
+        if "seccomp" not in self.cfg.get("disabled", ()):
+            try:
+                seccomp = self.seccomp if self.seccomp is not None else iso.SeccompFilter()
+                layers["seccomp"] = seccomp.load()  # last: it refuses the steps above
+            except OSError as exc:
+                self.notes.append(f"seccomp filter not applied: {exc}")
         os.chdir(self.work_dir)
         os.umask(0o022)
 
@@ -1032,8 +710,8 @@ class Worker:
             send_message(self.resp_fd, result)
 
 
-def worker_main(cfg: dict, layers: dict[str, bool], started: float) -> None:
-    worker = Worker(cfg)
+def worker_main(cfg: dict, layers: dict[str, bool], started: float, seccomp: object | None = None) -> None:
+    worker = Worker(cfg, seccomp)
     try:
         worker.isolate(layers)
         worker.install_hooks()
@@ -1067,70 +745,165 @@ def _close_pipes(cfg: dict) -> None:
             os.close(int(cfg[key]))
 
 
-def pid_namespace_init(cfg: dict, layers: dict[str, bool], started: float) -> None:
-    """pid 1 of the new namespace: fork the worker, reap everything, exit with the worker."""
-    set_parent_death_signal(None)
+# --------------------------------------------------------------------------------------------
+# the trajectory's init: namespaces, filesystem, cgroups, then the worker
+# --------------------------------------------------------------------------------------------
+def isolate_filesystem(cfg: dict, layers: dict[str, bool]) -> None:
+    """Read-only mounts, private /tmp with the work dir at /tmp/work, masked host directories."""
+    layers["read_only_filesystem"] = layers["private_tmp"] = layers["masked_host_dirs"] = False
+    if not layers.get("mount_namespace"):
+        return
+    try:
+        layers["read_only_filesystem"] = iso.make_filesystem_read_only([cfg["work_dir"]])
+        config_dir = os.environ.get("MPLCONFIGDIR")
+        cfg["work_dir"], config_dir = iso.mount_private_tmp(cfg["work_dir"], config_dir)
+        os.environ.update(HOME=cfg["work_dir"], TMPDIR=cfg["work_dir"])
+        if config_dir:
+            os.environ["MPLCONFIGDIR"] = config_dir
+        tempfile = sys.modules.get("tempfile")
+        if tempfile is not None:
+            tempfile.tempdir = None  # the zygote may have cached the host's temp dir
+        layers["private_tmp"] = True
+    except OSError as exc:
+        print(f"sandbox: read-only filesystem incomplete: {exc}", file=sys.stderr, flush=True)
+        return
+    if "masked_host_dirs" in cfg.get("disabled", ()):
+        return
+    try:
+        layers["masked_host_dirs"] = bool(iso.mask_host_dirs(list(cfg.get("mask_dirs") or [])))
+    except OSError as exc:
+        print(f"sandbox: host directories not masked: {exc}", file=sys.stderr, flush=True)
+
+
+def prepare_init(cfg: dict, layers: dict[str, bool], *, pid_namespace: bool) -> None:
+    """The part of init that does not depend on the trajectory's data.
+
+    Joins (or, at the zygote level, checks) the cgroups, unshares the network, mount, IPC and UTS
+    namespaces, builds the filesystem view (read-only, private /tmp with ``cfg["work_dir"]`` at
+    /tmp/work, masked host dirs) and mounts a private /proc when it is pid 1 of a PID namespace.
+    """
+    disabled = set(cfg.get("disabled", ()))
+    try:
+        if cfg.get("join_cgroups", True):  # the zygote level: born inside (the zygote joined)
+            iso.join_cgroups(cfg.get("cgroups") or {})
+        layers.update(iso.cgroup_membership(cfg.get("cgroups") or {}))
+        layers.update(
+            iso.unshare_namespaces(
+                user=False if layers.get("user_namespace") else None,
+                net="network_namespace" not in disabled,
+                pid=False,
+                mount="mount_namespace" not in disabled,
+                ipc="ipc_namespace" not in disabled,
+                uts="uts_namespace" not in disabled,
+            )
+        )
+        for key in ("network_namespace", "mount_namespace", "ipc_namespace", "uts_namespace"):
+            layers.setdefault(key, False)
+        if layers["uts_namespace"]:
+            layers["uts_namespace"] = iso.set_hostname()
+    except BaseException as exc:  # noqa: BLE001
+        print(f"sandbox set-up failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_SETUP_FAILED)
+    isolate_filesystem(cfg, layers)
+    layers["pid_namespace"] = pid_namespace
     layers["private_proc"] = False
-    if layers.get("mount_namespace"):
+    if pid_namespace and layers.get("mount_namespace"):
         try:
-            layers["private_proc"] = mount_private_proc()
+            layers["private_proc"] = iso.mount_private_proc()
         except OSError as exc:
             print(f"sandbox: private /proc unavailable: {exc}", file=sys.stderr, flush=True)
+    iso.set_oom_score_adj(-1000)
+    if not pid_namespace:
+        with contextlib.suppress(OSError):  # orphans of the worker come back here to be reaped
+            iso.become_subreaper()
+
+
+def run_init(
+    cfg: dict, layers: dict[str, bool], started: float, *, pid_namespace: bool,
+    status_fd: int | None = None, seccomp: object | None = None,
+) -> None:  # fmt: skip
+    """Fork the worker (the second fork inside the PID namespace, so the cells never run as
+    pid 1), reap orphans, and when the worker exits kill everything left in the namespace, report
+    the worker's exit code on ``status_fd`` (zygote level) and exit with it. Never returns."""
+    init_pid = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
     worker_pid = os.fork()
     if worker_pid == 0:
         try:
-            set_parent_death_signal(1)
-            worker_main(cfg, layers, started)
+            if status_fd is not None:
+                os.close(status_fd)
+            iso.set_parent_death_signal(init_pid)
+            worker_main(cfg, layers, started, seccomp)
         finally:
             os._exit(EXIT_SETUP_FAILED)
     _close_pipes(cfg)
+    code = EXIT_SETUP_FAILED
     while True:
         try:
             pid, status = os.wait()
         except ChildProcessError:
-            os._exit(EXIT_SETUP_FAILED)
+            break
         except InterruptedError:
             continue
         if pid == worker_pid:
-            os._exit(_exit_code(status))  # the kernel now SIGKILLs everything left in the namespace
+            code = _exit_code(status)
+            break
+    if pid_namespace:
+        # Everything the cells left behind dies now, before the parent hears the exit code.
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)
+        while True:
+            try:
+                os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+    if status_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(status_fd, STATUS.pack(code))
+    os._exit(code)
 
 
-def main(argv: list[str]) -> None:
-    started = time.monotonic()
-    if len(argv) == 2 and argv[1] == "--probe":
-        probe()
-        return
-    cfg = json.loads(argv[1])
+def trajectory_init(
+    cfg: dict, layers: dict[str, bool], started: float, *, pid_namespace: bool,
+    status_fd: int | None = None, seccomp: object | None = None,
+) -> None:  # fmt: skip
+    """The trajectory's init (:func:`prepare_init` then :func:`run_init`); never returns.
+
+    Runs as pid 1 of a fresh PID namespace when ``pid_namespace``, else as a plain process (a
+    child subreaper) that owns the trajectory's session.
+    """
+    prepare_init(cfg, layers, pid_namespace=pid_namespace)
+    run_init(cfg, layers, started, pid_namespace=pid_namespace, status_fd=status_fd, seccomp=seccomp)
+
+
+# --------------------------------------------------------------------------------------------
+# level "process": a fresh interpreter per trajectory
+# --------------------------------------------------------------------------------------------
+def process_main(cfg: dict, started: float) -> None:
+    """Started by ProcessSandbox: outer process -> (new PID namespace) init -> worker."""
     if cfg.get("disable_aslr"):
         with contextlib.suppress(OSError):
-            disable_aslr_and_reexec()
+            iso.disable_aslr_and_reexec()
+    disabled = set(cfg.get("disabled", ()))
     layers: dict[str, bool] = {}
     try:
-        layers["parent_death_signal"] = set_parent_death_signal(int(cfg["parent_pid"]))
-        layers["new_session"] = ensure_new_session()
-        layers.update(unshare_namespaces(pid=bool(cfg.get("pid_namespace", True))))
+        layers["parent_death_signal"] = iso.set_parent_death_signal(int(cfg["parent_pid"]))
+        layers["new_session"] = iso.ensure_new_session()
+        want_pid = bool(cfg.get("pid_namespace", True)) and "pid_namespace" not in disabled
+        layers.update(iso.unshare_namespaces(net=False, pid=want_pid, mount=False, ipc=False, uts=False))
     except BaseException as exc:  # noqa: BLE001
         print(f"sandbox set-up failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_SETUP_FAILED)
-    layers["read_only_filesystem"] = layers["private_tmp"] = False
-    if layers["mount_namespace"]:
-        try:
-            layers["read_only_filesystem"] = make_filesystem_read_only([cfg["work_dir"]])
-            config_dir = os.environ.get("MPLCONFIGDIR")
-            cfg["work_dir"], config_dir = mount_private_tmp(cfg["work_dir"], config_dir)
-            os.environ.update(HOME=cfg["work_dir"], TMPDIR=cfg["work_dir"])
-            if config_dir:
-                os.environ["MPLCONFIGDIR"] = config_dir
-            layers["private_tmp"] = True
-        except OSError as exc:
-            print(f"sandbox: read-only filesystem incomplete: {exc}", file=sys.stderr, flush=True)
     if not layers.get("pid_namespace"):
-        worker_main(cfg, layers, started)
-        os._exit(0)
+        trajectory_init(cfg, layers, started, pid_namespace=False)
     init_pid = os.fork()
     if init_pid == 0:
         try:
-            pid_namespace_init(cfg, layers, started)
+            iso.set_parent_death_signal(None)
+            trajectory_init(cfg, layers, started, pid_namespace=True)
         finally:
             os._exit(EXIT_SETUP_FAILED)
     _close_pipes(cfg)
@@ -1142,22 +915,268 @@ def main(argv: list[str]) -> None:
         os._exit(_exit_code(status))
 
 
+# --------------------------------------------------------------------------------------------
+# level "zygote": one pre-imported process forks every trajectory's init
+# --------------------------------------------------------------------------------------------
+SPAWN_WITH_PID_NAMESPACE = b"P"
+SPAWN_WITHOUT_PID_NAMESPACE = b"N"
+PID_REPLY = struct.Struct(">i")
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
+
+
+def _receive_trajectory(fds: list[int]) -> tuple[dict, int]:
+    """In a forked init: take the parent's fds (log becomes stdout/stderr) and read the config."""
+    req_fd, resp_fd, status_fd, log_fd = fds
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    cfg = recv_message(req_fd)  # written by the parent before it asked for this trajectory
+    if not cfg or cfg.get("op") != "config":
+        os._exit(EXIT_PROTOCOL)
+    cfg.update(req_fd=req_fd, resp_fd=resp_fd, preloaded=True)
+    return cfg, status_fd
+
+
+def _zygote_child(fds: list[int], closing: list[int], pid_namespace: bool, seccomp: object | None) -> None:
+    """In a fork made on request: become the trajectory's init; never returns."""
+    started = time.monotonic()
+    try:
+        for fd in closing:  # the zygote's control socket: a cell must never reach it
+            os.close(fd)
+        layers: dict[str, bool] = {"parent_death_signal": iso.set_parent_death_signal(None)}
+        layers["new_session"] = iso.ensure_new_session()
+        cfg, status_fd = _receive_trajectory(fds)
+        trajectory_init(cfg, layers, started, pid_namespace=pid_namespace, status_fd=status_fd, seccomp=seccomp)
+    finally:
+        os._exit(EXIT_SETUP_FAILED)
+
+
+def _standby_init(sock, static: dict, closing: list[int], seccomp: object | None) -> None:
+    """A pre-forked init, pid 1 of its own PID namespace; never returns.
+
+    Prepares everything that does not depend on the trajectory (:func:`prepare_init`, with the
+    sandbox's base directory at /tmp/work) while the previous trajectory runs, then waits for
+    the parent's fds. The trajectory's own work dir (a subdirectory of the base) is then
+    bind-mounted over /tmp/work, which also hides the base directory, and :func:`run_init` forks
+    the worker. This keeps two forks and the namespace and mount set-up off the critical path.
+    """
+    import socket
+
+    try:
+        for fd in closing:
+            os.close(fd)
+        layers: dict[str, bool] = {"parent_death_signal": iso.set_parent_death_signal(None)}
+        layers["new_session"] = iso.ensure_new_session()
+        cfg = {**static, "work_dir": static["base_dir"], "join_cgroups": False}
+        prepare_init(cfg, layers, pid_namespace=True)
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(sock, 16, 4)
+                break
+            except InterruptedError:
+                continue
+        started = time.monotonic()
+        sock.close()
+        if not msg or len(fds) != 4:
+            os._exit(0)  # the zygote is gone, or shuts its standby down
+        traj, status_fd = _receive_trajectory(fds)
+        name = os.path.basename(str(traj["work_dir"]))
+        if os.path.dirname(str(traj["work_dir"])) != static["base_dir"]:
+            os._exit(EXIT_PROTOCOL)
+        if layers.get("private_tmp"):
+            traj["work_dir"] = iso.enter_work_dir(name)
+        run_init(traj, layers, started, pid_namespace=True, status_fd=status_fd, seccomp=seccomp)
+    finally:
+        os._exit(EXIT_SETUP_FAILED)
+
+
+def _fork_init(fds: list[int], closing: list[int], pidns_fd: int | None, seccomp: object | None) -> int:
+    """Fork a trajectory's init on request (``pidns_fd``: into a fresh PID namespace)."""
+    in_pidns = False
+    if pidns_fd is not None:
+        with contextlib.suppress(OSError):
+            in_pidns = iso.unshare_pid_for_children()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid == 0:
+        _zygote_child(fds, closing, in_pidns, seccomp)
+    if in_pidns:
+        _restore_pid_namespace(pidns_fd)
+    return pid
+
+
+def _fork_standby(static: dict, closing: list[int], pidns_fd: int, seccomp: object | None):
+    """Pre-fork the next trajectory's init into a fresh PID namespace: (pid, socket) or None."""
+    import socket
+
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        iso.unshare_pid_for_children()
+    except OSError:
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid == 0:
+        _standby_init(theirs, static, [*closing, ours.fileno()], seccomp)
+    _restore_pid_namespace(pidns_fd)
+    theirs.close()
+    if pid < 0:
+        ours.close()
+        return None
+    return pid, ours
+
+
+def _restore_pid_namespace(pidns_fd: int) -> None:
+    try:
+        iso.restore_pid_namespace(pidns_fd)
+    except OSError as exc:  # later forks would share the namespace: stop, be restarted
+        print(f"zygote: cannot restore its PID namespace: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_SETUP_FAILED)
+
+
+def zygote_main(cfg: dict) -> None:
+    """Pre-import once, then serve one trajectory init per spawn request; never returns.
+
+    Control socket protocol (the parent is ZygoteSandbox): after start-up the zygote sends one
+    framed JSON ``{"type": "ready", ...}``. Each request is one byte (``P``: new PID namespace,
+    ``N``: none) with four fds attached (request pipe, response pipe, status pipe, log file); the
+    reply is the init's pid as 4 bytes (-1 if the fork failed). A ``P`` request goes to the
+    standby init pre-forked at the top of the loop (see :func:`_standby_init`), else a fork is
+    made on the spot. The trajectory's configuration travels on the request pipe, so every loop
+    iteration does the same work whatever the trajectory: forks start from the same interpreter
+    state, which keeps replays deterministic. EOF on the socket (the parent is gone) ends the
+    zygote; its inits then get SIGKILL.
+    """
+    import gc
+    import socket
+
+    if cfg.get("disable_aslr"):
+        with contextlib.suppress(OSError):
+            iso.disable_aslr_and_reexec()
+    started = time.monotonic()
+    os.chdir("/")
+    ctl_fd = int(cfg["ctl_fd"])
+    notes = iso.preimport_libraries() if cfg.get("preload", True) else []
+    iso.interpreter_paths()  # cached: every fork needs it (masks, policy monitor)
+    seccomp = None
+    if "seccomp" not in cfg.get("disabled", ()):
+        try:
+            seccomp = iso.SeccompFilter()
+        except OSError as exc:
+            notes.append(f"seccomp filter unavailable: {exc}")
+    pidns_fd = None
+    if "pid_namespace" not in cfg.get("disabled", ()):
+        with contextlib.suppress(OSError):
+            pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    # Join the sandbox's cgroups after the imports (their memory stays charged to the owner) and
+    # once, so every fork is born inside; never the OOM killer's victim (the cells' worker is).
+    iso.join_cgroups(cfg.get("cgroups") or {})
+    iso.set_oom_score_adj(-1000)
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        notes.append(f"zygote has {threads} threads before forking")
+    send_message(
+        ctl_fd,
+        {"type": "ready", "pid": os.getpid(), "notes": notes, "startup_ms": (time.monotonic() - started) * 1000.0},
+    )
+    ctl = socket.socket(fileno=ctl_fd)
+    closing = [ctl_fd] + ([pidns_fd] if pidns_fd is not None else [])
+    static = {k: cfg.get(k) for k in ("base_dir", "mask_dirs", "cgroups", "disabled")}
+    use_standby = pidns_fd is not None and bool(static["base_dir"])
+    standby = None
+    gc.collect()
+    gc.freeze()  # the pre-imported heap stays shared with the forks (no collector writes to it)
+    while True:
+        if standby is None and use_standby:
+            standby = _fork_standby(static, closing, pidns_fd, seccomp)
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 16, 4)
+        except InterruptedError:
+            continue
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)  # the parent closed the socket or died
+        _reap_children()
+        pid = -1
+        if len(fds) == 4 and msg in (SPAWN_WITH_PID_NAMESPACE, SPAWN_WITHOUT_PID_NAMESPACE):
+            if msg == SPAWN_WITH_PID_NAMESPACE and standby is not None:
+                standby_pid, standby_sock = standby
+                standby = None
+                with contextlib.suppress(OSError):  # a dead standby: fork on the spot instead
+                    socket.send_fds(standby_sock, [b"go"], fds)
+                    pid = standby_pid
+                standby_sock.close()
+            if pid == -1:
+                extra = [standby[1].fileno()] if standby is not None else []
+                ns_fd = pidns_fd if msg == SPAWN_WITH_PID_NAMESPACE else None
+                pid = _fork_init(fds, closing + extra, ns_fd, seccomp)
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        try:
+            ctl.sendall(PID_REPLY.pack(pid))
+        except OSError:
+            os._exit(0)
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+# --------------------------------------------------------------------------------------------
 def probe() -> None:
-    """Report which layers this machine allows (used by isolation_report)."""
+    """Report which layers this machine allows (used by isolation_report); touches nothing."""
     result = {"parent_death_signal": False, "no_new_privs": False}
     try:
-        result["parent_death_signal"] = set_parent_death_signal(None)
-        result["no_new_privs"] = set_no_new_privs()
+        result["parent_death_signal"] = iso.set_parent_death_signal(None)
+        result["no_new_privs"] = iso.set_no_new_privs()
     except OSError:
         pass
-    result.update(unshare_namespaces())
-    result["read_only_filesystem"] = False
+    result.update(iso.unshare_namespaces())
+    result["read_only_filesystem"] = result["masked_host_dirs"] = result["uts_hostname"] = False
     if result["mount_namespace"]:
         with contextlib.suppress(OSError):
-            result["read_only_filesystem"] = make_filesystem_read_only([])
+            result["read_only_filesystem"] = iso.make_filesystem_read_only([])
+        with contextlib.suppress(OSError):
+            result["masked_host_dirs"] = bool(iso.mask_host_dirs(["/root"])) or not os.path.isdir("/root")
+    if result["uts_namespace"]:
+        with contextlib.suppress(OSError):
+            result["uts_namespace"] = iso.set_hostname()
+    result["seccomp"] = False
+    with contextlib.suppress(OSError):
+        result["seccomp"] = iso.SeccompFilter().load()
     result["root"] = os.geteuid() == 0
     sys.stdout.write(json.dumps(result))
     sys.stdout.flush()
+
+
+def main(argv: list[str]) -> None:
+    started = time.monotonic()
+    if len(argv) == 2 and argv[1] == "--probe":
+        probe()
+        return
+    if len(argv) == 3 and argv[1] == "--zygote":
+        zygote_main(json.loads(argv[2]))
+        return
+    process_main(json.loads(argv[1]), started)
 
 
 if __name__ == "__main__":

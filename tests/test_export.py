@@ -149,3 +149,40 @@ def test_cli_export_and_explain(curated, tmp_path):
     for needle in (sid, "visual_gain", "replay", "Final answer"):
         assert needle in result.output
     assert runner.invoke(app, ["explain", str(out), "nope"]).exit_code == 2
+
+
+def test_swift_export_round_trips_through_the_thyme_adapter(curated, tmp_path):
+    """A TwI sample exported as Thyme SFT and read back by the Thyme adapter is the same trajectory."""
+    from pipeline.config import IngestConfig
+    from pipeline.formats import get_adapter
+    from pipeline.formats.base import RecordContext
+
+    out = curated[0]
+    originals = {r[S.SAMPLE_ID]: r for r in load_rows(out) if r[S.ROUTE] == "twi"}
+    summary = export(out, "swift", "sft-twi", tmp_path)
+    path = tmp_path / f"{summary['name']}.jsonl"
+    ordered = [r for r in select_stage(load_rows(out), "sft-twi", CurriculumPolicy())]
+    adapter = get_adapter("thyme_sft")
+    checked = 0
+    for i, (line, src) in enumerate(zip(path.read_text().splitlines(), ordered, strict=True)):
+        if src[S.ROUTE] != "twi":
+            continue
+        record = json.loads(line)
+        assert adapter.detect(record)
+        back = adapter.to_row(record, RecordContext(str(path), i, IngestConfig(), tmp_path, "roundtrip"))
+        orig = originals[src[S.SAMPLE_ID]]
+        assert back[S.QUESTION].strip() == orig[S.QUESTION].strip()
+        assert [im[S.IMG_SHA256] for im in back[S.IMAGES]] == [im[S.IMG_SHA256] for im in orig[S.IMAGES]]
+        assert back[S.FINAL_ANSWER].strip() == orig[S.FINAL_ANSWER].strip()
+        cells = {c[S.CELL_TURN]: c for c in orig[S.REPLAY]}
+        code_turns = [t for t in back[S.TURNS] if t[S.TURN_CODE]]
+        assert [t[S.TURN_CODE].strip() for t in code_turns] == [
+            t[S.TURN_CODE].strip() for t in orig[S.TURNS] if t[S.TURN_CODE]
+        ]
+        for t, (_turn, c) in zip(code_turns, sorted(cells.items()), strict=True):
+            assert (t[S.TURN_OBS_TEXT] or "").strip() == (c[S.CELL_STDOUT] or "").strip()
+            assert [im[S.IMG_SHA256] for im in t[S.TURN_OBS_IMAGES]] == [im[S.IMG_SHA256] for im in c[S.CELL_IMAGES]]
+        words = lambda ts: " ".join(" ".join((t[S.TURN_REASONING] or "").split()) for t in ts).split()  # noqa: E731
+        assert words(back[S.TURNS]) == words(orig[S.TURNS])
+        checked += 1
+    assert checked == len(originals) > 0

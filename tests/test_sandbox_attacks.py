@@ -806,7 +806,9 @@ def test_read_images_outside_the_work_dir(h):
             f"ESCAPE: a world-readable host image outside the work dir ({h.host.host_png}) was decoded "
             f"by cells {leaked} (statuses {r.statuses[:2]}; cv2.imread bypasses the audit-hook monitor)"
         )
-    assert all(o.status in ("forbidden", "error") for o in r.out[:2])
+    assert r.out[0].status in ("forbidden", "error")
+    # the file is hidden (allowlist view of /); cv2.imread reports that by returning None
+    assert r.out[1].status in ("forbidden", "error") or r.out[1].stdout.startswith("READ None"), r.out[1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -418,3 +418,68 @@ def test_sandbox_run_cli_replays_a_file_in_cells(tmp_path):
     code.write_text("import socket\nsocket.socket(socket.AF_INET)\n")
     result = CliRunner().invoke(app, ["sandbox", "run", str(code), "--out", str(out_dir)])
     assert result.exit_code == 1 and "forbidden" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# allowlist view of /, tmpfs work dir, output image check
+# --------------------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_only_the_allowlisted_top_level_dirs_are_visible(box):
+    bait_dir = Path("/var/tmp") / f"twi-zygote-allowlist-{os.getpid()}"
+    bait_dir.mkdir(mode=0o755)
+    try:
+        bait = bait_dir / "host.png"
+        bait.write_bytes(IMAGE.data)
+        bait.chmod(0o644)
+        cells = [
+            f"import cv2\nprint(cv2.imread({str(bait)!r}) is None)",
+            "import os\nprint(os.path.isfile('/etc/passwd'), os.path.isdir('/usr/lib'))",
+            "seen = []\nfor d in ('/var', '/srv', '/mnt', '/opt', '/work', '/home'):\n"
+            "    try:\n        seen += [os.path.join(d, n) for n in os.listdir(d)]\n"
+            "    except OSError:\n        pass\nprint(seen)",
+        ]
+        out = box.replay(cells, [])
+    finally:
+        bait.unlink()
+        bait_dir.rmdir()
+    assert [o.status for o in out] == ["ok", "ok", "ok"], out
+    assert out[0].stdout == "True\n" and out[1].stdout == "True True\n"
+    assert out[2].stdout == "[]\n"
+
+
+@pytest.mark.timeout(90)
+def test_work_dir_is_a_size_limited_tmpfs_and_output_bombs_are_dropped():
+    limits = SandboxLimits(cell_timeout_s=5.0, total_timeout_s=30.0, memory_mb=2048, work_dir_mb=16,
+                           max_output_pixels=1_000_000)  # fmt: skip
+    raise_child_cap = (
+        "import sys\nfor m in list(sys.modules.values()):\n"
+        "    if hasattr(m, 'MAX_CAPTURE_PIXELS'):\n        m.MAX_CAPTURE_PIXELS = 10**12\n"
+    )
+    with ZygoteSandbox(limits, uid=UID, gid=UID) as sandbox:
+        first = sandbox.replay(
+            [
+                "open('fill.bin', 'wb').write(b'\\0' * (32 << 20))",
+                "import os\nst = os.statvfs('.')\nprint(st.f_blocks * st.f_frsize <= 16 << 20, os.getcwd())",
+            ],
+            [IMAGE],
+        )
+        second = sandbox.replay(
+            [
+                "import os\nprint(sorted(os.listdir('.')))\nopen('ok.bin', 'wb').write(b'\\0' * (8 << 20))",
+                raise_child_cap + "from PIL import Image\nImage.new('L', (2000, 1000)).save('bomb.png')\n"
+                "Image.new('L', (20, 10)).save('small.png')",
+            ],
+            [IMAGE],
+        )
+    assert first[0].status == "error" and "No space left on device" in first[0].error, first[0]
+    assert first[1].stdout == "True /tmp/work\n", first[1]
+    assert second[0].status == "ok" and second[0].stdout == "['input_0.png']\n", second[0]
+    assert second[1].status == "ok", second[1].error
+    assert [name for name, _ in second[1].images] == ["cell1_1_small.png"]
+    assert "bomb.png dropped: 2000x1000 exceeds 1000000 pixels" in second[1].stdout
+
+
+def test_new_limits_are_validated():
+    for field in ("work_dir_mb", "max_output_pixels"):
+        with pytest.raises(ValueError, match=field):
+            SandboxLimits(**{field: 0})

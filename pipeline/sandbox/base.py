@@ -54,12 +54,17 @@ class SandboxLimits:
     max_file_bytes: int = 64 * 1024 * 1024  # RLIMIT_FSIZE; also the per-cell budget of captured PNG bytes
     max_images_per_cell: int = 8
     max_processes: int = 64  # RLIMIT_NPROC, counted per uid and including threads
+    work_dir_mb: int = 256  # size of the trajectory's tmpfs work dir; writes beyond it fail (ENOSPC)
+    max_output_pixels: int = 40_000_000  # returned images larger than this (PNG IHDR) are dropped
 
     def __post_init__(self) -> None:
         for name in ("cell_timeout_s", "total_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SandboxLimits.{name} must be > 0")
-        for name in ("memory_mb", "cpu_s", "max_output_bytes", "max_file_bytes", "max_processes"):
+        for name in (
+            "memory_mb", "cpu_s", "max_output_bytes", "max_file_bytes", "max_processes", "work_dir_mb",
+            "max_output_pixels",
+        ):  # fmt: skip
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SandboxLimits.{name} must be >= 1")
         if self.max_images_per_cell < 0:

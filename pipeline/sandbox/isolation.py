@@ -8,9 +8,11 @@ result back from the kernel where that is cheap) or raises ``OSError``; the call
 layer as missing instead of failing the start, and the parent decides whether that is acceptable.
 
 Layers here: parent-death signal, own session, namespaces (user when not root, network, PID, mount,
-IPC, UTS), read-only filesystem with a private /tmp, masked host directories (project, home,
-/root) with the interpreter re-exposed read-only, private /proc, rlimits, no_new_privs, dropped
-privileges, a seccomp-bpf filter (libseccomp through ctypes) and joining the per-sandbox cgroups.
+IPC, UTS), read-only filesystem with a private /tmp, a size-limited tmpfs work dir, masked host
+directories (an allowlist view of /: every top-level directory but the system ones, plus the
+project and home) with the interpreter re-exposed read-only, private /proc, rlimits,
+no_new_privs, dropped privileges, a seccomp-bpf filter (libseccomp through ctypes) and joining
+the per-sandbox cgroups.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
@@ -67,9 +70,15 @@ _SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", 
                 "/dev", "/run", "/var", "/tmp", "/boot", "/opt", "/srv", "/mnt", "/media", "/snap")  # fmt: skip
 
 # Where other programs leave sockets and shared memory (a read-only mount does not stop connect()
-# on a socket file): replaced by empty read-only tmpfs. (/tmp is private anyway; other
-# world-readable host data, e.g. under /var/tmp or /srv, stays readable: no deny-by-default root.)
+# on a socket file): replaced by empty read-only tmpfs. (/tmp is private anyway.)
 SCRATCH_DIRS = ("/dev/shm", "/dev/mqueue", "/run")
+
+# The allowlist view of /: the only top-level directories the cells see as they are on the host
+# (read-only). Every other top-level directory (/var, /srv, /mnt, /media, /opt, /home, /root,
+# /work, /data, dataset disks ...) is masked by an empty tmpfs, with the interpreter's own
+# directories below it re-exposed. /tmp is private, /run is a scratch dir (empty tmpfs).
+ROOT_ALLOWLIST = ("usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "etc", "proc", "dev", "sys",
+                  "tmp", "run")  # fmt: skip
 
 # Libraries model code uses. They are imported before the privilege drop (and, for the zygote,
 # once before any fork), so nothing has to be found on disk by the unprivileged uid later.
@@ -375,6 +384,66 @@ def enter_work_dir(name: str) -> str:
     return PRIVATE_WORK_DIR
 
 
+def mount_work_tmpfs(size_mb: int, uid: int | None, gid: int | None) -> str:
+    """Move the work dir (already at /tmp/work) onto a fresh tmpfs of ``size_mb`` MB.
+
+    The files the parent put there (the inputs; regular files at the top level only) are copied
+    over, owned by ``uid``/``gid``; the host directory stays hidden beneath. Writes beyond the
+    size fail with ENOSPC, and the memory goes away with the trajectory's mount namespace. On
+    failure after the mount, the tmpfs is detached again (the host work dir shows through) and
+    the error raised. Returns /tmp/work.
+    """
+    size_mb = int(size_mb)
+    if size_mb < 1:
+        raise OSError(errno.EINVAL, f"bad work dir size {size_mb}")
+    src = os.open(PRIVATE_WORK_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        owner = f",uid={int(uid)},gid={int(gid)}" if uid is not None and gid is not None else ""
+        options = f"size={size_mb}m,nr_inodes=65536,mode=700{owner}"
+        _mount("tmpfs", PRIVATE_WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV, options)
+        try:
+            with os.scandir(src) as entries:
+                names = sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+            for name in names:
+                _copy_file(src, name, os.path.join(PRIVATE_WORK_DIR, name), uid, gid)
+        except OSError:
+            _detach(PRIVATE_WORK_DIR)
+            raise
+    finally:
+        os.close(src)
+    return PRIVATE_WORK_DIR
+
+
+def _detach(target: str) -> None:
+    """umount2(target, MNT_DETACH); exits the process if it fails (the view would be wrong)."""
+    fn = libc().umount2
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    if fn(os.fsencode(target), MNT_DETACH) != 0:
+        os._exit(EXIT_SETUP_FAILED)
+
+
+def _copy_file(src_dir: int, name: str, target: str, uid: int | None, gid: int | None) -> None:
+    fd_in = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=src_dir)
+    try:
+        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            while True:
+                chunk = os.read(fd_in, 1 << 20)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd_out, view) :]
+            if uid is not None and gid is not None:
+                os.fchown(fd_out, uid, gid)
+            os.fchmod(fd_out, 0o644)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+
+
 def host_dirs_to_mask(candidates: list[str]) -> list[str]:
     """The existing directories among ``candidates`` that may be masked (real paths, outermost).
 
@@ -395,16 +464,42 @@ def host_dirs_to_mask(candidates: list[str]) -> list[str]:
     return _outermost(result)
 
 
-def mask_host_dirs(candidates: list[str], scratch: tuple[str, ...] = SCRATCH_DIRS) -> list[str]:
-    """Hide host directories (the project, $HOME, /root, /home) behind empty tmpfs mounts.
+def top_level_dirs_to_mask(allow: tuple[str, ...] = ROOT_ALLOWLIST) -> list[str]:
+    """Top-level directories of / outside ``allow``: everything the allowlist view hides.
+
+    Symlinks are skipped (their target is masked or allowed on its own), and so is a directory
+    that is itself (or lies inside) an interpreter installation (e.g. ``/python``).
+    """
+    interp = interpreter_paths()
+    result = []
+    try:
+        names = sorted(os.listdir("/"))
+    except OSError:
+        return result
+    for name in names:
+        path = "/" + name
+        if name in allow or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        if any(path == p or _is_under(path, p) for p in interp):
+            continue
+        result.append(path)
+    return result
+
+
+def mask_host_dirs(
+    candidates: list[str], scratch: tuple[str, ...] = SCRATCH_DIRS, allow: tuple[str, ...] | None = ROOT_ALLOWLIST,
+) -> list[str]:  # fmt: skip
+    """Hide host directories behind empty tmpfs mounts: ``candidates`` (the project, $HOME,
+    /root, /home) and, unless ``allow`` is None, every top-level directory not in ``allow``.
 
     Each mask is read-only, root-owned, mode 0711: it cannot be listed and holds nothing, except
-    the interpreter directories found below it (a virtualenv in the project, pyenv under /root),
-    which are bind-mounted back read-only at the same paths so imports and data files keep
-    working. The ``scratch`` directories (/dev/shm, /run ...) become empty read-only tmpfs
-    (mode 0755) the same way. Returns the masked directories.
+    the interpreter directories found below it (a virtualenv in the project, pyenv under /root,
+    conda under /opt), which are bind-mounted back read-only at the same paths so imports and
+    data files keep working. The ``scratch`` directories (/dev/shm, /run ...) become empty
+    read-only tmpfs (mode 0755) the same way. Returns the masked directories.
     """
-    masks = {m: "711" for m in host_dirs_to_mask(candidates)}
+    extra = top_level_dirs_to_mask(allow) if allow is not None else []
+    masks = {m: "711" for m in _outermost([*host_dirs_to_mask(candidates), *extra])}
     interp = interpreter_paths()
     for path in scratch:
         real = os.path.realpath(path)

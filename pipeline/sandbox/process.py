@@ -5,7 +5,8 @@ which only changes how the child is started). It prepares a private work directo
 sandbox's cgroups, starts the child (here ``runner.py`` in a fresh interpreter with a clean
 environment), sends the cells one at a time over a pipe, enforces the wall-clock limits by
 killing the child's whole process group, and validates every message that comes back (JSON only;
-nothing from the child is unpickled, and the only image format the parent accepts is PNG).
+nothing from the child is unpickled, and the only image format the parent accepts is PNG, whose
+IHDR size is checked against ``max_output_pixels`` without decoding it).
 
 Layers (see :func:`isolation_report` for what this machine offers and ``last_layers`` for what a
 replay applied): separate process with a clean environment; new session; parent-death signal;
@@ -282,6 +283,14 @@ def _world_traversable(path: str) -> bool:
         if parent == current:
             return True
         current = parent
+
+
+def png_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the IHDR chunk that must follow the PNG signature; None if malformed."""
+    if len(data) < 24 or not data.startswith(_PNG_SIGNATURE) or data[8:16] != b"\x00\x00\x00\rIHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return (width, height) if width > 0 and height > 0 else None
 
 
 def _input_extension(image: InputImage) -> str:
@@ -782,6 +791,7 @@ class ChildSandbox:
         if not isinstance(raw_images, list) or len(raw_images) > limits.max_images_per_cell:
             raise _ProtocolError("invalid image list")
         images: list[tuple[str, bytes]] = []
+        dropped: list[str] = []
         total = 0
         for k, item in enumerate(raw_images):
             if not isinstance(item, dict) or not isinstance(item.get("png"), str):
@@ -798,7 +808,18 @@ class ChildSandbox:
             name = item.get("name")
             if not isinstance(name, str) or not _IMAGE_NAME.match(name):
                 name = f"cell{index}_{k}_image.png"
-            images.append((name, data))
+            size = png_dimensions(data)
+            if size is None:
+                dropped.append(f"[image {name} dropped: malformed PNG header]")
+            elif size[0] * size[1] > limits.max_output_pixels:
+                dropped.append(
+                    f"[image {name} dropped: {size[0]}x{size[1]} exceeds {limits.max_output_pixels} pixels]"
+                )
+            else:
+                images.append((name, data))
+        if dropped:  # checked from the header only: a decompression bomb is never decoded here
+            sep = "\n" if stdout and not stdout.endswith("\n") else ""
+            stdout = stdout + sep + "\n".join(dropped) + "\n"
         return CellOutcome(status, stdout, error if status != "ok" else "", duration_ms, images)
 
 

@@ -15,8 +15,9 @@ Process tree of one trajectory when a PID namespace is available::
     outer   host pid, session leader, root      (process level only) unshare(PID); waits for
                                                 init and mirrors its exit code
       init  pid 1 of the new PID namespace,      joins the cgroups; unshare(NET|NS|IPC|UTS);
-            root                                read-only mounts, private /tmp, masked host dirs,
-                                                private /proc; reaps orphans; when the worker
+            root                                read-only mounts, private /tmp, masked host dirs
+                                                (allowlist view of /), private /proc, tmpfs work
+                                                dir; reaps orphans; when the worker
                                                 exits it kills what is left and exits with its code
         worker  pid 2, unprivileged uid         rlimits, no_new_privs, drop privileges, seccomp,
                                                 runs the cells
@@ -316,13 +317,39 @@ def snapshot_images(root: str) -> dict[str, tuple[int, int, int, int]]:
     return seen
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's signature and leading IHDR chunk, or None if malformed."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[8:16] != b"\x00\x00\x00\rIHDR":
+        return None
+    w, h = struct.unpack(">II", data[16:24])
+    return (w, h) if w > 0 and h > 0 else None
+
+
 def read_image_file(path: str, stem: str, notes: list[str]) -> bytes | None:
+    """An image file the cell wrote, as PNG: a PNG file passes through byte for byte once its
+    signature and IHDR size check out (never decoded here); other formats are re-encoded."""
     from PIL import Image
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as fh, Image.open(fh) as im:
-            return png_bytes(im, stem, notes)
+        with os.fdopen(fd, "rb") as fh:
+            head = fh.read(24)
+            if head.startswith(PNG_SIGNATURE):
+                size = png_header_size(head)
+                if size is None:
+                    notes.append(f"image {stem!r} not kept: malformed PNG header")
+                    return None
+                if size[0] * size[1] > MAX_CAPTURE_PIXELS:
+                    w, h = size
+                    notes.append(f"image {stem!r} not kept: {w}x{h} exceeds {MAX_CAPTURE_PIXELS} pixels")
+                    return None
+                return head + fh.read()
+            fh.seek(0)
+            with Image.open(fh) as im:
+                return png_bytes(im, stem, notes)
     except Exception as exc:  # noqa: BLE001
         notes.append(f"image {stem!r} not kept: {type(exc).__name__}: {exc}")
         return None
@@ -445,6 +472,15 @@ _SECRET_PATTERNS = ("/environ", "/.ssh/", "/.aws/", "/.netrc", "/.bash_history")
 
 
 class PolicyMonitor:
+    """An audit hook in the worker that records attempts on the host (see the comment above).
+
+    Its ``forbidden`` counts are a lower bound: it lives in the same process as the cells, so a
+    cell can bypass it (C code such as ``cv2.imread`` raises no audit events), silence it (find
+    it through ``gc`` and switch it off) or fake the status it reports (patch the send function).
+    That is inherent to an in-process monitor and accepted: no isolation layer depends on it;
+    the namespaces, masks, uid, seccomp, rlimits and cgroups refuse the attempts themselves.
+    """
+
     def __init__(self, work_dir: str, library_dirs: list[str] = ()) -> None:
         self.work_dir = os.path.realpath(work_dir)
         # Reading the interpreter's own files (lazy imports, tracebacks) is not an attempt on the
@@ -510,6 +546,8 @@ class Worker:
         self.cfg = cfg
         self.limits = cfg["limits"]
         self.work_dir = cfg["work_dir"]
+        global MAX_CAPTURE_PIXELS  # no point encoding what the parent will drop
+        MAX_CAPTURE_PIXELS = min(MAX_CAPTURE_PIXELS, int(self.limits.get("max_output_pixels", 1 << 62)))
         self.inputs = list(cfg["inputs"])
         self.req_fd = int(cfg["req_fd"])
         self.resp_fd = int(cfg["resp_fd"])
@@ -826,6 +864,13 @@ def run_init(
     pid 1), reap orphans, and when the worker exits kill everything left in the namespace, report
     the worker's exit code on ``status_fd`` (zygote level) and exit with it. Never returns."""
     init_pid = os.getpid()
+    if layers.get("private_tmp"):
+        limits = cfg.get("limits") or {}
+        try:  # the work dir moves onto its own size-limited tmpfs (freed with the namespace)
+            size_mb = int(limits.get("work_dir_mb", 256))
+            cfg["work_dir"] = iso.mount_work_tmpfs(size_mb, cfg.get("uid"), cfg.get("gid"))
+        except OSError as exc:
+            print(f"sandbox: work dir not size-limited: {exc}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
     worker_pid = os.fork()

@@ -182,8 +182,17 @@ def test_pipeline_completes_under_injected_faults_and_rerun_costs_nothing(ray_lo
     from pipeline.shards import connect
 
     corpus = cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0" / "corpus.jsonl"
-    faults = {0: ("status", 429), 1: ("status", 503), 2: ("drop",), 3: ("malformed",)}
-    script = lambda i, body: faults.get(i % 7, ("ok", 0.75))  # noqa: E731
+    # every distinct request fails on its first two attempts (429, 503, dropped connection or
+    # malformed JSON, chosen by its content) and succeeds on the third: deterministic whatever
+    # the interleaving of concurrent requests
+    faults = [("status", 429), ("status", 503), ("drop",), ("malformed",)]
+    attempts: dict[str, int] = {}
+
+    def script(i, body):
+        key = json.dumps(body.get("messages"), sort_keys=True)
+        n = attempts[key] = attempts.get(key, 0) + 1
+        return faults[(len(key) + n) % len(faults)] if n <= 2 else ("ok", 0.75)
+
     with FakeOpenAI(script) as server:
         cfg = with_llm_judge(RunConfig(), endpoint=server.base_url, model="judge-7b")
         llm = cfg.judges.llm.model_copy(update={"backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retries": 6})
@@ -191,6 +200,7 @@ def test_pipeline_completes_under_injected_faults_and_rerun_costs_nothing(ray_lo
         out = tmp_path / "out"
         run_pipeline([corpus], out, cfg, limit=8, quiet=True)
         first_requests = server.requests
+        assert first_requests == 3 * 8 * len(llm.dimensions)  # two faults then success, per prompt
         m = read_manifest(out)
         usage = m["judges"]["llm"]["usage"]
         assert set(usage) == set(llm.dimensions)

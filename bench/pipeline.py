@@ -14,6 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# `python bench/pipeline.py` puts bench/ first on sys.path, where this file would shadow the
+# `pipeline` package: look up the project instead.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 
 def worker(corpus: Path, cpus: int, out: Path) -> None:
     from pipeline.config import RunConfig

@@ -1,11 +1,13 @@
 """Dedup and decontamination: which records duplicate an earlier one or overlap a benchmark.
 
 Keys. A light pre-pass over the planned read tasks (Ray Data, in parallel) parses every record
-and keeps one key row per valid record that has a trajectory: ``sample_id`` (content hash), ``phash`` (64-bit DCT
-perceptual hash of the first input image, null without images), ``qkey`` (hash of the
-normalised question: lower-cased, tags such as ``<image>`` dropped, runs of non-alphanumerics
-read as one space), and where it sits (``file``, ``idx``). The key rows go to Parquet; DuckDB
-groups them out of core, so neither the driver nor any worker holds the corpus.
+and keeps one key row per valid record that has a trajectory: ``sample_id`` (content hash),
+``phash`` (64-bit DCT perceptual hash of the first input image, null without images) and
+``thumb`` (its 32x32 greyscale thumbnail), ``qkey`` (hash of the normalised question:
+lower-cased, tags such as ``<image>`` dropped, runs of non-alphanumerics read as one space), and
+where it sits (``file``, ``idx``). The key rows go to Parquet; DuckDB groups them out of core
+(a database file in the run's work dir, spilling beyond its memory limit), so neither the driver
+nor any worker holds the corpus.
 
 Verdicts (deterministic whatever the parallelism: only the order (file, idx) decides):
   * exact duplicate: same ``sample_id`` as a record earlier in (file, idx) order
@@ -211,19 +213,29 @@ def _band_values_sql(bits: int) -> str:
 
 
 def find_verdicts(
-    key_files: list[str], cfg: DedupConfig, benchmark: list[BenchmarkItem] | None = None, memory_limit: str = "1GB"
+    key_files: list[str],
+    cfg: DedupConfig,
+    benchmark: list[BenchmarkItem] | None = None,
+    work_dir: Path | None = None,
+    memory_limit: str = "256MB",
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """(file, idx) -> {duplicate_of, contaminated_by} for every flagged record (see module doc)."""
+    """(file, idx) -> {duplicate_of, contaminated_by} for every flagged record (see module doc).
+    With ``work_dir`` DuckDB keeps its tables in a file there and spills beyond ``memory_limit``,
+    so the driver's memory stays bounded whatever the number of keys."""
     verdicts: dict[tuple[str, int], dict[str, Any]] = defaultdict(dict)
     if not key_files:
         return {}
-    con = duckdb.connect()
+    if work_dir:
+        (Path(work_dir) / "dedup.duckdb").unlink(missing_ok=True)
+    con = duckdb.connect(str(Path(work_dir) / "dedup.duckdb") if work_dir else ":memory:")
+    if work_dir:
+        con.execute(f"SET temp_directory = '{str(Path(work_dir) / 'duckdb-tmp')}'")
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET threads = 2")
     con.execute("SET preserve_insertion_order = false")
     files_sql = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in key_files) + "]"
     con.execute(f"""
-        CREATE TEMP TABLE ranked AS
+        CREATE TABLE ranked AS
         SELECT *, row_number() OVER (PARTITION BY {KEY_SID} ORDER BY {KEY_FILE}, {KEY_IDX}) AS rn
         FROM read_parquet({files_sql})""")
     if cfg.exact:
@@ -247,14 +259,14 @@ def _near_duplicates(con: duckdb.DuckDBPyConnection, cfg: DedupConfig, verdicts:
     bits, max_diff = int(cfg.image_hamming), cfg.image_max_thumb_diff
     # one representative per identical (pHash, thumbnail): the first in (file, idx) order
     con.execute(f"""
-        CREATE TEMP TABLE reps AS
+        CREATE TABLE reps AS
         SELECT {KEY_PHASH}, {KEY_THUMB}, {KEY_SID}, {KEY_FILE}, {KEY_IDX},
                row_number() OVER (ORDER BY {KEY_FILE}, {KEY_IDX}) AS ord
         FROM (SELECT *, row_number() OVER (PARTITION BY {KEY_PHASH}, {KEY_THUMB} ORDER BY {KEY_FILE}, {KEY_IDX}) AS prn
               FROM ranked WHERE rn = 1 AND {KEY_PHASH} IS NOT NULL)
         WHERE prn = 1""")
     con.execute(f"""
-        CREATE TEMP TABLE rep_bands AS
+        CREATE TABLE rep_bands AS
         SELECT ord, {KEY_PHASH}, b, ({KEY_PHASH} >> s) & m AS v
         FROM reps, (VALUES {_band_values_sql(bits)}) AS bands(b, s, m)""")
     candidates = con.execute(f"""

@@ -13,7 +13,8 @@ machine-readable kind (routing turns it into ``invalid_input:<kind>``) and its r
 wrong_type, empty_trajectory, missing_image, remote_image, corrupt_image, image_too_large,
 decompression_bomb, image_placeholder_mismatch, unterminated_code, unterminated_answer,
 unterminated_observation, orphan_observation, unsupported_turns, unsupported_tool,
-unreadable_file, truncated_file, unreadable_record, adapter_error.
+unreadable_image, unreadable_file, truncated_file, unreadable_record, and
+adapter_error:<exception type> for an input shape no adapter anticipated.
 """
 
 from __future__ import annotations
@@ -185,9 +186,8 @@ def parse_payload(
         return adapter.to_row(record, ctx)
     except InputError as exc:
         return invalid_row(file, index, _raw_text(payload, cfg.raw_keep_chars), exc.kind, cfg, used)
-    except (RecursionError, MemoryError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-        # an input shape no adapter anticipated: still exactly one row, with the reason
-        kind = "adapter_error"
+    except Exception as exc:  # an input shape no adapter anticipated: still exactly one row, with the reason
+        kind = f"adapter_error:{type(exc).__name__}"
         return invalid_row(file, index, _raw_text(payload, cfg.raw_keep_chars) or repr(exc), kind, cfg, used)
 
 

@@ -124,7 +124,7 @@ def dedup_verdicts(
             num_cpus=0.25,
         )
         ds.write_parquet(str(keys_dir))
-    verdicts = find_verdicts(sorted(str(p) for p in keys_dir.rglob("*.parquet")), cfg.dedup, benchmark)
+    verdicts = find_verdicts(sorted(str(p) for p in keys_dir.rglob("*.parquet")), cfg.dedup, benchmark, work_dir)
     counts = {
         "duplicates": sum(1 for v in verdicts.values() if v.get(S.DUPLICATE_OF)),
         "contaminated": sum(1 for v in verdicts.values() if v.get(S.CONTAMINATED_BY)),

@@ -352,6 +352,8 @@ def _parquet_rows(path: str, first: int, count: int) -> pa.Table:
         _PARQUET_CACHE[path] = (mtime, group, table)
     else:
         table = hit[2]
+    if first + count >= bounds[group][1]:  # the row group's last task: let it go
+        _PARQUET_CACHE.clear()
     return table.slice(first - bounds[group][0], count)
 
 
@@ -417,4 +419,6 @@ def sample_payloads(path: Path, n: int) -> list[bytes | dict[str, Any] | Excepti
     out: list[bytes | dict[str, Any] | Exception] = []
     for task in plan_file(path, n, n):
         out.extend(p for _, p in task_payloads(task))
+    _ARROW_CACHE.clear()  # the driver keeps no table after detection
+    _PARQUET_CACHE.clear()
     return out[:n]

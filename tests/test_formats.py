@@ -165,3 +165,36 @@ def test_all_formats_replay_and_route_in_one_ray_run(ray_local, fixtures, tmp_pa
             assert [c[S.CELL_STATUS] for c in cells] == ["ok"] * n_code, (rid, [c[S.CELL_ERROR] for c in cells])
         assert not any(r.startswith(("invalid_input", "duplicate_of")) for r in reasons), (rid, reasons)
     print("routes:", json.dumps({rid: got[(e.file, e.index)][1:3] for rid, e in expected.items()}))
+
+
+def test_readme_examples_are_detected_as_their_format():
+    import re
+    from pathlib import Path
+
+    from pipeline.formats import detect_adapter
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Input formats", 1)[1].split("\n- ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \|[^|]*\|[^|]*\| `(.*)` \|$", section, re.M)
+    assert {name for name, _ in rows} == set(FORMAT_NAMES)
+    for name, example in rows:
+        assert detect_adapter(json.loads(example)).name == name
+
+
+def test_hf_dataset_dict_folder_reads_every_split(tmp_path):
+    import datasets
+
+    page = png(label_image(seed=5))
+    record = {"question": "<image>\nWhat is the value?", "image": [{"bytes": page, "path": "p.png"}],
+              "response": "<think>It reads 42.</think><answer>42</answer>"}
+    features = datasets.Features({"question": datasets.Value("string"), "response": datasets.Value("string"),
+                                  "image": datasets.Sequence(datasets.Image())})
+    dd = datasets.DatasetDict({split: datasets.Dataset.from_list([record] * n, features=features)
+                               for split, n in (("train", 3), ("test", 2))})
+    dd.save_to_disk(str(tmp_path / "hf"))
+    files = discover_inputs([tmp_path])
+    assert {f.parent.name for f in files} == {"train", "test"} and all(f.suffix == ".arrow" for f in files)
+    rows = [r for t in plan_read_tasks(files, 2) for r in read_task(t, CFG)]
+    assert len(rows) == 5 and all(r[S.INPUT_ERROR] is None for r in rows)
+    assert {r[S.SOURCE][S.SRC_DATASET] for r in rows} == {"train", "test"}
+    assert rows[0][S.IMAGES][0][S.IMG_BYTES] == page and rows[0][S.FINAL_ANSWER] == "42"

@@ -127,10 +127,14 @@ def load_image(path: Path, cfg: IngestConfig, ref_path: str | None = None) -> di
     path = Path(path)
     if not path.is_file():
         raise InputError("missing_image", str(path))
-    size = path.stat().st_size
-    if size > cfg.max_image_bytes:
-        raise InputError("image_too_large", f"{path} is {size} bytes")
-    return image_from_bytes(path.read_bytes(), path.name, cfg, ref_path)
+    try:
+        size = path.stat().st_size
+        if size > cfg.max_image_bytes:
+            raise InputError("image_too_large", f"{path} is {size} bytes")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError("unreadable_image", f"{path}: {exc}") from exc
+    return image_from_bytes(data, path.name, cfg, ref_path)
 
 
 def image_from_bytes(data: bytes, name: str, cfg: IngestConfig, path: str | None = None) -> dict[str, Any]:

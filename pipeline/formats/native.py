@@ -2,7 +2,8 @@
 
     {"id": "math-0001",                 # optional, informational
      "dataset": "twi-sample",            # optional, defaults to the file's stem
-     "discipline": "mathematics",        # one of schemas.sample.DISCIPLINES, optional
+     "discipline": "mathematics",        # optional: a discipline or a synonym (pipeline.discipline);
+                                         # else the question is classified
      "question": "...",
      "answer": "37" | null,              # ground truth, optional
      "images": ["images/math-0001.png"], # paths relative to the JSONL file

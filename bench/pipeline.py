@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run before giving up")
     ap.add_argument("--worker", nargs=3, metavar=("CORPUS", "CPUS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -47,11 +49,14 @@ def main() -> None:
         results: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(args.repeat):
             for cpus in (1, 2):  # interleaved so machine noise hits both alike
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--worker", str(corpus), str(cpus), str(Path(tmp) / f"out{cpus}")],
-                    check=True, capture_output=True, text=True,
-                    env={**__import__("os").environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
-                )
+                try:
+                    proc = subprocess.run(
+                        [sys.executable, __file__, "--worker", str(corpus), str(cpus), str(Path(tmp) / f"out{cpus}")],
+                        check=True, capture_output=True, text=True, timeout=args.timeout,
+                        env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+                    )
+                except subprocess.TimeoutExpired:
+                    sys.exit(f"the run on {cpus} CPU(s) did not finish within {args.timeout} s (stalled?)")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 results[cpus].append(r["records"] / r["execute_s"])
         best = {c: max(v) for c, v in results.items()}

@@ -277,7 +277,7 @@ def sandbox_run(
     replay_cfg = _replay_config(config)
     try:
         cells = split_cells(code.read_text())
-        images = [InputImage(p.name, p.read_bytes()) for p in image or []]
+        images = [InputImage(p.name, p.read_bytes(), path=str(p)) for p in image or []]
     except OSError as exc:
         _fail(str(exc))
     if not cells:

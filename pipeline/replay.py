@@ -65,7 +65,7 @@ def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
     if not code_turns:
         row[S.REPLAY], row[S.REPLAY_STATUS] = [], "no_code"
         return row
-    inputs = [InputImage(name=img[S.IMG_NAME] or f"input_{k}.png", data=img[S.IMG_BYTES])
+    inputs = [InputImage(name=img[S.IMG_NAME] or f"input_{k}.png", data=img[S.IMG_BYTES], path=img[S.IMG_PATH] or "")
               for k, img in enumerate(row[S.IMAGES] or [])]
     outcomes = sandbox.replay([turns[i][S.TURN_CODE] for i in code_turns], inputs)
     cells = []

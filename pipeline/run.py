@@ -73,6 +73,32 @@ def replay_pool_size(cfg: RunConfig) -> int:
     return max(1, int(cpus))
 
 
+TASK_CPUS = 0.25  # each stateless task stage (ingest, route); both must fit beside the actor pools
+LLM_ACTOR_CPUS = 0.1  # an LLM judge actor waits on the network; the endpoint is the bottleneck
+
+
+def stage_cpus(cfg: RunConfig, cluster_cpus: float, pool: int) -> dict[str, float]:
+    """CPUs per replay actor and per judge actor, so that every stage can run at once.
+
+    Ray Data starts the replay pool (``pool`` actors), at least one judge actor, the LLM pool
+    and the ingest and route tasks together; if their requests exceed the cluster, the task
+    stages never get a slot and the job waits forever without an error. The configured
+    ``replay.cpus_per_actor`` and ``judges.cpus_per_task`` are kept when they fit and scaled
+    down together (never below 0.05) when they do not, e.g. on a 1-CPU machine.
+    """
+    llm = cfg.judges.llm
+    fixed = 2 * TASK_CPUS + (LLM_ACTOR_CPUS * llm.pool_size() if llm.enabled else 0.0)
+    replay, judge = cfg.replay.cpus_per_actor, cfg.judges.cpus_per_task
+    wanted = pool * replay + judge
+    room = max(float(cluster_cpus) - fixed, 0.0)
+    scale = min(1.0, room / wanted) if wanted > 0 else 1.0
+    return {
+        "cluster_cpus": float(cluster_cpus),
+        "replay_cpus_per_actor": round(max(replay * scale, 0.05), 4),
+        "judge_cpus_per_actor": round(max(judge * scale, 0.05), 4),
+    }
+
+
 def ensure_sandbox_level(
     cfg: RunConfig, allow_weak_sandbox: bool = False, warn: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -95,7 +121,9 @@ def ensure_sandbox_level(
 def ingest_dataset(tasks: list[ReadTask], cfg: RunConfig) -> ray.data.Dataset:
     """Read tasks -> canonical rows, one small block per task (so replay spreads over actors)."""
     ds = ray.data.from_items(task_items(tasks), override_num_blocks=len(tasks))
-    return ds.map_batches(partial(ingest_batch, cfg=cfg.ingest), batch_size=1, batch_format="numpy", num_cpus=0.25)
+    return ds.map_batches(
+        partial(ingest_batch, cfg=cfg.ingest), batch_size=1, batch_format="numpy", num_cpus=TASK_CPUS
+    )
 
 
 KEY_TASKS_PER_BATCH = 16  # the key pass has no replay behind it: bigger batches, fewer Ray tasks
@@ -121,7 +149,7 @@ def dedup_verdicts(
         ds = ray.data.from_items(task_items(tasks), override_num_blocks=blocks)
         ds = ds.map_batches(
             partial(keys_batch, cfg=cfg.ingest), batch_size=-(-len(tasks) // blocks), batch_format="numpy",
-            num_cpus=0.25,
+            num_cpus=TASK_CPUS,
         )
         ds.write_parquet(str(keys_dir))
     verdicts = find_verdicts(sorted(str(p) for p in keys_dir.rglob("*.parquet")), cfg.dedup, benchmark, work_dir)
@@ -202,8 +230,9 @@ def run_pipeline(
 
     t = time.perf_counter()
     (staging / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    pool = replay_pool_size(cfg)
+    resources = stage_cpus(cfg, ray.cluster_resources().get("CPU", 1), pool)
     for window in windows():
-        pool = replay_pool_size(cfg)
         ds = ingest_dataset(attach_verdicts(window, verdicts), cfg)
         ds = ds.map_batches(
             ReplayActor,
@@ -213,7 +242,7 @@ def run_pipeline(
             batch_size=cfg.replay.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=pool),
-            num_cpus=cfg.replay.cpus_per_actor,
+            num_cpus=resources["replay_cpus_per_actor"],
         )
         judges_factory = partial(metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px)
         ds = ds.map_batches(
@@ -222,7 +251,7 @@ def run_pipeline(
             batch_size=cfg.judges.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
-            num_cpus=cfg.judges.cpus_per_task,
+            num_cpus=resources["judge_cpus_per_actor"],
         )
         llm = cfg.judges.llm
         if llm.enabled:
@@ -234,13 +263,13 @@ def run_pipeline(
                 batch_size=llm.batch_size,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=llm.pool_size()),
-                num_cpus=0.1,  # waits on the network; the endpoint is the bottleneck
+                num_cpus=LLM_ACTOR_CPUS,
             )
         ds = ds.map_batches(
             route_batch,
             fn_kwargs={"policy": cfg.routing, "lineage": lineage, "stage_metrics": metrics},
             batch_format="pyarrow",
-            num_cpus=0.25,
+            num_cpus=TASK_CPUS,
         )
         ds.write_parquet(str(staging / SHARDS_DIR), partition_cols=list(S.PARTITION_COLUMNS))
     timings["execute_s"] = round(time.perf_counter() - t, 3)
@@ -263,6 +292,7 @@ def run_pipeline(
         started=started,
     )
     manifest["sandbox"] = sandbox
+    manifest["resources"] = {**resources, "replay_actors": pool}
     manifest["dedup"] = dedup_counts
     write_manifest(out_dir, manifest)
     return manifest

@@ -90,7 +90,6 @@ class Expected:
     images: list[tuple[str, int, int, str | None]]  # (sha256, width, height, path as referenced)
     turns: list[ExpectedTurn]
     final_answer: str | None
-    replay_ok: bool = True  # every code cell is valid and replays with status ok
     route_reasons_include: tuple[str, ...] = ()
     file: str = ""  # the file (or HF folder) under root holding the record
     index: int = 0  # the record's index in that file
@@ -178,7 +177,6 @@ def write_format_fixtures(root: Path) -> dict[str, Expected]:
                       thyme_code, (), "saved zoom (320, 160)", [sha(zoom2)]),
          ExpectedTurn("The zoomed crop shows the digits 42 clearly, so the reading is 42 A.")],
         "42",
-        replay_ok=False,  # opens its absolute input path: ok once the sandbox maps image paths
     )
 
     # --- Thyme RL: a prompt, and a rollout (JSON array file) ------------------------------
@@ -265,7 +263,7 @@ def write_format_fixtures(root: Path) -> dict[str, Expected]:
     _write_jsonl(root / "pyvision.jsonl", [pyvision])
     exp["pyvision-1"] = Expected(
         "pyvision", pv_q, "42", "mathematics", [(sha(page_png), 640, 480, None)],
-        [ExpectedTurn("I need a closer look at the box.", "image_clue_0 = images[0]  # twi-curate: PyVision's name for input image 0\n" + pv_code,
+        [ExpectedTurn("I need a closer look at the box.", pv_code,
                       (), "(160, 80)", [sha(pv_obs)]),
          ExpectedTurn("The crop shows x = 42.")],
         "\\boxed{42}",

@@ -19,15 +19,11 @@ from pipeline.formats import FORMAT_NAMES
 from pipeline.formats.base import RecordContext, resolve_image
 from pipeline.ingest import discover_inputs, plan_read_tasks, read_task
 from pipeline.run import run_pipeline
-from pipeline.sandbox import InputImage
 from schemas import sample as S
 from tests.format_fixtures import Expected, label_image, where, write_format_fixtures
 from tests.images import png
 
 CFG = IngestConfig()
-# Thyme's code opens the absolute input path from its prompt; it replays once the sandbox maps
-# each image's IMG_PATH into the work dir (a field of InputImage carrying that path).
-SANDBOX_MAPS_PATHS = "path" in getattr(InputImage, "__dataclass_fields__", {})
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +157,8 @@ def test_all_formats_replay_and_route_in_one_ray_run(ray_local, fixtures, tmp_pa
         assert set(e.route_reasons_include) <= set(reasons), (rid, reasons)
         n_code = sum(1 for t in e.turns if t.code or t.code_contains)
         assert len(cells) == n_code, rid
-        if e.replay_ok or SANDBOX_MAPS_PATHS:
-            assert [c[S.CELL_STATUS] for c in cells] == ["ok"] * n_code, (rid, [c[S.CELL_ERROR] for c in cells])
+        # every cell replays, Thyme's absolute input path and PyVision's image_clue_K included
+        assert [c[S.CELL_STATUS] for c in cells] == ["ok"] * n_code, (rid, [c[S.CELL_ERROR] for c in cells])
         assert not any(r.startswith(("invalid_input", "duplicate_of")) for r in reasons), (rid, reasons)
     print("routes:", json.dumps({rid: got[(e.file, e.index)][1:3] for rid, e in expected.items()}))
 

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import DEFAULT_N, app, cache_dir
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, with_llm_judge
 from pipeline.manifest import read_manifest
-from pipeline.run import run_pipeline
+from pipeline.run import LLM_ACTOR_CPUS, TASK_CPUS, run_pipeline, stage_cpus
 from schemas import sample as S
 
 pytestmark = pytest.mark.timeout(900)
@@ -47,6 +47,26 @@ def test_default_run_fills_all_routes_and_disciplines(curated):
     for key in ("run_id", "config_hash", "reasons", "versions", "timings"):
         assert m[key]
     assert {"replay", "judges", "routing"} <= set(m["timings"]["stages"])
+    assert m["resources"] == {"cluster_cpus": 2.0, "replay_cpus_per_actor": 0.5, "judge_cpus_per_actor": 0.5,
+                              "replay_actors": 2}
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 8, 64])
+@pytest.mark.parametrize("llm", [False, True])
+def test_stage_requests_fit_the_cluster(cpus, llm):
+    """Replay pool + one judge actor + the LLM pool + the ingest and route tasks must fit at once,
+    or Ray Data never schedules the task stages and the job stalls silently (seen at 1 CPU)."""
+    cfg = RunConfig()
+    if llm:
+        cfg = with_llm_judge(cfg, "http://127.0.0.1:9/v1", "m")
+    pool = max(1, cpus)  # one replay actor per CPU, the default
+    got = stage_cpus(cfg, cpus, pool)
+    llm_cpus = LLM_ACTOR_CPUS * cfg.judges.llm.pool_size() if llm else 0.0
+    total = pool * got["replay_cpus_per_actor"] + got["judge_cpus_per_actor"] + 2 * TASK_CPUS + llm_cpus
+    assert total <= cpus + 1e-9, (cpus, got)
+    assert got["replay_cpus_per_actor"] <= cfg.replay.cpus_per_actor
+    if cpus >= 2 and not llm:  # the configured requests are kept wherever they fit
+        assert (got["replay_cpus_per_actor"], got["judge_cpus_per_actor"]) == (0.5, 0.5)
 
 
 def test_conservation_in_manifest_and_shards(curated):

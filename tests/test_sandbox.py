@@ -200,7 +200,7 @@ def test_inputs_are_preloaded(sandbox, input_images):
     assert lines[0] == "['input_0.png', 'input_1.jpg']"
     assert lines[1] == "PngImageFile (64, 48) RGB PNG"
     assert lines[2] == "[(64, 48), (20, 30)] ['PNG', 'JPEG']"
-    assert lines[3] == "True ['input_0.png', 'input_1.jpg']"
+    assert lines[3] == "True ['input_0.png', 'input_1.jpg', 'mnt']"  # mnt: Thyme's mapped /mnt/data
     assert lines[4] == str(20 * 4 % 256)
 
 
@@ -617,3 +617,43 @@ def test_policy_monitor_has_no_false_positive_on_normal_library_work(sandbox, in
     out = sandbox.replay([code], input_images)
     assert out[0].status == "ok", out[0].error
     assert out[0].stdout.startswith("True")
+
+
+@pytest.mark.timeout(60)
+def test_trajectory_paths_are_mapped_into_the_work_dir(sandbox):
+    """Thyme opens the absolute input path from its prompt and writes to
+    /mnt/data/temp_processed_images/; PyVision uses image_clue_K; both work, and what the cell
+    prints shows the trajectory's own paths, not the sandbox's."""
+    thyme_path = "/data/thyme/images/page 7.png"  # exists nowhere on this machine
+    images = [InputImage("page.png", _encode(_gradient()), path=thyme_path),
+              InputImage("b.jpg", _encode(_gradient(30, 20), "JPEG"), path="images/b.jpg")]
+    cells = [
+        "from PIL import Image\nimport os\n"
+        f"img = Image.open({thyme_path!r})\nprint(img.size, {thyme_path!r})\n"
+        "os.makedirs('/mnt/data/temp_processed_images', exist_ok=True)\n"
+        "out = '/mnt/data/temp_processed_images/crop_0.png'\n"
+        "img.crop((0, 0, 32, 24)).resize((64, 48)).save(out)\nprint(out)",
+        "print(Image.open('images/b.jpg').size, image_clue_1.size, image_clue_0.size)",
+        "processed_path = '/mnt/data/temp_processed_images/' + 'crop_0.png'",  # Thyme's variable
+        "import cv2\nedges = cv2.Canny(cv2.imread(image_path), 50, 150)\n"
+        "cv2.imwrite(f'/mnt/data/temp_processed_images/edges_{1}.jpg', edges)\n"
+        "print('saved to /mnt/data/temp_processed_images/edges_1.jpg')",
+        "print('see', 'crop_x.png', 'and the input', image_path)",  # no such file / an input: nothing
+        "image_clue_0.rotate(90, expand=True)",  # a PIL image as the last expression is shown
+        "n = 3\nn * 2",  # other last expressions show nothing (script-style observations)
+        "open('/mnt/other.png', 'wb').write(b'x')",  # only the output folder is mapped
+    ]
+    out = sandbox.replay(cells, images)
+    assert _statuses(out)[:7] == ["ok"] * 7, [o.error for o in out]
+    assert out[0].stdout == f"(64, 48) {thyme_path}\n/mnt/data/temp_processed_images/crop_0.png\n"
+    assert [n for n, _ in out[0].images] == ["cell0_0_crop_0.png"]
+    assert _png_size(out[0].images[0][1]) == (64, 48)
+    assert out[1].stdout == "(20, 30) (20, 30) (64, 48)\n"
+    assert [n for n, _ in out[2].images] == ["cell2_0_crop_0.png"]
+    assert out[2].images[0][1] == out[0].images[0][1]
+    assert [n for n, _ in out[3].images] == ["cell3_0_edges_1.png"]
+    assert out[3].stdout == "saved to /mnt/data/temp_processed_images/edges_1.jpg\n"
+    assert out[4].images == [] and out[4].stdout == "see crop_x.png and the input input_0.png\n"
+    assert [(n, _png_size(d)) for n, d in out[5].images] == [("cell5_0_output.png", (48, 64))]
+    assert out[6].images == [] and out[6].stdout == ""
+    assert out[7].status in ("error", "forbidden") and out[7].images == []

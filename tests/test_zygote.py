@@ -473,7 +473,7 @@ def test_work_dir_is_a_size_limited_tmpfs_and_output_bombs_are_dropped():
         )
     assert first[0].status == "error" and "No space left on device" in first[0].error, first[0]
     assert first[1].stdout == "True /tmp/work\n", first[1]
-    assert second[0].status == "ok" and second[0].stdout == "['input_0.png']\n", second[0]
+    assert second[0].status == "ok" and second[0].stdout == "['input_0.png', 'mnt']\n", second[0]
     assert second[1].status == "ok", second[1].error
     assert [name for name, _ in second[1].images] == ["cell1_1_small.png"]
     assert "bomb.png dropped: 2000x1000 exceeds 1000000 pixels" in second[1].stdout

@@ -19,8 +19,8 @@ The observation of a cell is the next user message ``<interpreter>`` ... ``</int
 (in PyVision-RL wrapped in ``<tool_response>``): ``Text Result:`` is the recorded text (a
 literal ``None`` means no output), the images after ``Image Result:`` are what the cell
 produced; an interpreter message without those sections holds the error. PyVision exposes the
-input images to the code as ``image_clue_0``, ``image_clue_1``, ... (PIL images): the first code
-cell gets one generated line per input binding them to the sandbox's ``images[k]``.
+input images to the code as ``image_clue_0``, ``image_clue_1``, ... (PIL images); so does the
+replay sandbox, so the code is kept exactly as written.
 
 RL input (one JSON object or a JSON array of them)::
 
@@ -53,11 +53,9 @@ from pipeline.formats.chat import (
     split_prompt,
 )
 from pipeline.formats.sharegpt import assistant_turns, chat_trajectory
-from schemas import sample as S
 
 _CLUE_TAG = re.compile(r"</?image_clue_\d+>")
 _INTERPRETER = re.compile(r"<interpreter>(.*?)(?:</interpreter>|$)", re.S)
-PRELUDE = "image_clue_{k} = images[{k}]  # twi-curate: PyVision's name for input image {k}\n"
 
 
 def _plain(text: str) -> str:
@@ -99,10 +97,6 @@ class PyVision:
         turns, answer = chat_trajectory(rest, ctx, assistant_turns, interpreter_text)
         if not turns:
             raise InputError("empty_trajectory")
-        for t in turns:
-            if t[S.TURN_CODE] and images:
-                t[S.TURN_CODE] = "".join(PRELUDE.format(k=k) for k in range(len(images))) + t[S.TURN_CODE]
-                break
         return canonical_row(record, ctx, self.name, question=question, images=images, turns=turns, final_answer=answer)
 
 

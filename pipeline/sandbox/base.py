@@ -75,6 +75,9 @@ class SandboxLimits:
 class InputImage:
     name: str  # original file name, e.g. "math-0001.png" (the extension tells the format)
     data: bytes  # encoded image bytes
+    # The path the trajectory's code uses for it (Thyme: the absolute path from its prompt), if
+    # any: the sandbox maps it to the copy in the work dir.
+    path: str = ""
 
 
 @dataclass

@@ -611,9 +611,7 @@ class ChildSandbox:
         child: _Child | None = None
         try:
             try:
-                child = self._spawn(
-                    work_dir, ctl_dir, [self._input_name(k, im) for k, im in enumerate(images)]
-                )
+                child = self._spawn(work_dir, ctl_dir, images)
                 self._await_ready(child, total_deadline)
             except (_ChildGone, _Deadline, _ProtocolError, SandboxError, OSError) as exc:
                 reason = self._startup_failure(child, exc)
@@ -677,14 +675,15 @@ class ChildSandbox:
             raise
         return work_dir, ctl_dir
 
-    def _child_config(self, work_dir: str, inputs: list[str]) -> dict:
+    def _child_config(self, work_dir: str, images: list[InputImage]) -> dict:
         """What the child needs to isolate itself and run the cells (JSON)."""
         return {
             "parent_pid": os.getpid(),
             "uid": self.uid,
             "gid": self.gid,
             "work_dir": work_dir,
-            "inputs": inputs,
+            "inputs": [self._input_name(k, im) for k, im in enumerate(images)],
+            "input_paths": [im.path for im in images],  # as the trajectory wrote them (mapped)
             "limits": asdict(self.limits),
             "preload": self.preload,
             "disable_aslr": self.disable_aslr,
@@ -695,7 +694,7 @@ class ChildSandbox:
             "join_cgroups": self._child_joins_cgroups,
         }
 
-    def _spawn(self, work_dir: str, ctl_dir: str, inputs: list[str]) -> _Child:
+    def _spawn(self, work_dir: str, ctl_dir: str, images: list[InputImage]) -> _Child:
         raise NotImplementedError
 
     def _await_ready(self, child: _Child, deadline: float) -> None:
@@ -833,10 +832,10 @@ class ProcessSandbox(ChildSandbox):
 
     level = "process"
 
-    def _spawn(self, work_dir: str, ctl_dir: str, inputs: list[str]) -> _Child:
+    def _spawn(self, work_dir: str, ctl_dir: str, images: list[InputImage]) -> _Child:
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
-        config = {**self._child_config(work_dir, inputs), "req_fd": req_r, "resp_fd": resp_w}
+        config = {**self._child_config(work_dir, images), "req_fd": req_r, "resp_fd": resp_w}
         log_path = os.path.join(ctl_dir, "child.log")
         oom_before = self.cgroup.oom_kills() if self.cgroup is not None else 0
         try:

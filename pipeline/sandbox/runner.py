@@ -539,6 +539,65 @@ class PolicyMonitor:
 
 
 # --------------------------------------------------------------------------------------------
+# paths the trajectory's code expects
+# --------------------------------------------------------------------------------------------
+# Thyme writes its results under /mnt/data/temp_processed_images/ and opens the input image at the
+# path from its prompt (an absolute path on the machine that generated the data). Neither exists
+# here, so the worker maps them into the work dir: string constants in the cell that name an
+# input's original path, or lie under OUTPUT_ROOT, are redirected before the cell is compiled
+# (the stored code is never changed), and the work-dir paths are written back to the original
+# ones in what the cell prints, so the replayed text compares with the recorded observation.
+OUTPUT_ROOT = "/mnt/data"
+OUTPUT_DIRS = ("temp_processed_images",)
+
+
+class PathMap:
+    def __init__(self, work_dir: str, originals: dict[str, str]) -> None:
+        self.work_dir = work_dir.rstrip(os.sep)
+        self.output_root = os.path.join(self.work_dir, OUTPUT_ROOT.strip("/"))
+        # original path as the trajectory wrote it -> the input's path in the work dir
+        self.inputs = {o: os.path.join(self.work_dir, n) for o, n in originals.items() if o}
+
+    def prepare(self) -> None:
+        for name in OUTPUT_DIRS:
+            os.makedirs(os.path.join(self.output_root, name), exist_ok=True)
+
+    def map(self, text: str) -> str:
+        if text in self.inputs:
+            return self.inputs[text]
+        if text == OUTPUT_ROOT or text.startswith(OUTPUT_ROOT + "/"):
+            return self.output_root + text[len(OUTPUT_ROOT) :]
+        return text
+
+    def unmap(self, text: str) -> str:
+        """Work-dir paths back to the trajectory's own, in printed output."""
+        for original, mapped in sorted(self.inputs.items(), key=lambda kv: -len(kv[1])):
+            text = text.replace(mapped, original)
+        return text.replace(self.output_root, OUTPUT_ROOT)
+
+    def rewrite(self, tree):
+        """Redirect the string constants of a parsed cell (in place); returns the tree."""
+        import ast
+
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                node.value = self.map(node.value)
+        return tree
+
+
+def split_last_expression(tree):
+    """(module without its last statement, the last expression) when the cell ends on an
+    expression statement, as a notebook shows it; else (tree, None)."""
+    import ast
+
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
+        return tree, None
+    last = ast.Expression(tree.body[-1].value)
+    ast.copy_location(last, tree.body[-1])
+    return ast.Module(body=tree.body[:-1], type_ignores=[]), last
+
+
+# --------------------------------------------------------------------------------------------
 # the worker
 # --------------------------------------------------------------------------------------------
 class Worker:
@@ -549,6 +608,9 @@ class Worker:
         global MAX_CAPTURE_PIXELS  # no point encoding what the parent will drop
         MAX_CAPTURE_PIXELS = min(MAX_CAPTURE_PIXELS, int(self.limits.get("max_output_pixels", 1 << 62)))
         self.inputs = list(cfg["inputs"])
+        originals = [str(p or "") for p in cfg.get("input_paths") or []]
+        self.paths = PathMap(self.work_dir, dict(zip(originals, self.inputs, strict=False)))
+        self.processed_path: object = None
         self.req_fd = int(cfg["req_fd"])
         self.resp_fd = int(cfg["resp_fd"])
         self.capture = Captures(0, 0)
@@ -648,14 +710,22 @@ class Worker:
             np.random.seed(0)
         if self.work_dir not in sys.path:
             sys.path.append(self.work_dir)
+        try:
+            self.paths.prepare()
+        except OSError as exc:
+            self.notes.append(f"output folder {OUTPUT_ROOT}: {exc}")
+        paths = list(self.inputs)  # relative to the work dir, the cells' cwd
         self.namespace = {
             "__name__": "__main__",
             "__builtins__": builtins,
             "image": loaded[0] if loaded else None,
             "images": loaded,
-            "image_paths": list(self.inputs),
+            "image_path": paths[0] if paths else None,
+            "image_paths": paths,
             "work_dir": self.work_dir,
             "display": self.display,
+            # PyVision exposes the inputs as image_clue_0, image_clue_1, ...
+            **{f"image_clue_{k}": im for k, im in enumerate(loaded)},
         }
 
     # -- cells ------------------------------------------------------------------------------
@@ -673,9 +743,15 @@ class Worker:
         sys.stdout, sys.stderr = out, err
         self.policy.violations = []
         try:
-            compiled = compile(code, filename, "exec", dont_inherit=True)
+            import ast
+
+            body, last = split_last_expression(self.paths.rewrite(ast.parse(code, filename)))
+            compiled = compile(body, filename, "exec", dont_inherit=True)
+            shown = compile(last, filename, "eval", dont_inherit=True) if last is not None else None
             self.policy.active = True
             exec(compiled, self.namespace)
+            if shown is not None:
+                self.show_result(eval(shown, self.namespace))
         except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt are cell errors too
             status = classify_exception(exc)
             error = format_exception(exc, cap)
@@ -687,17 +763,50 @@ class Worker:
         if self.policy.violations:  # attempted, even if the cell caught the refusal
             status = "forbidden"
             error = ("\n".join(dict.fromkeys(self.policy.violations)) + ("\n" + error if error else ""))[:cap]
-        images = self.collect_images(index, before)
+        images = self.collect_images(index, before, out.getvalue().decode("utf-8", "replace"))
         return {
             "type": "cell",
             "index": index,
             "status": status,
-            "stdout": compose_output(out, err, self.capture.notes, cap),
-            "error": error,
+            "stdout": self.paths.unmap(compose_output(out, err, self.capture.notes, cap)),
+            "error": self.paths.unmap(error),
             "images": images,
         }
 
-    def collect_images(self, index: int, before: dict) -> list[dict]:
+    def show_result(self, value) -> None:
+        """A notebook shows a cell's last expression: images are captured (text is not echoed,
+        matching the recorded observations of script-style trajectories)."""
+        from matplotlib.figure import Figure
+        from PIL import Image
+
+        if isinstance(value, Image.Image):
+            self.capture.add_pil(value, "output")
+        elif isinstance(value, Figure):
+            self.capture.add_figure(value, "figure")
+
+    def referenced_images(self, stdout: str) -> list[str]:
+        """Work-dir image files (not inputs) the cell pointed at without writing them in this
+        cell: a changed ``processed_path`` variable (Thyme), or paths it printed."""
+        import re
+
+        found = []
+        value = self.namespace.get("processed_path")
+        if isinstance(value, str) and value != self.processed_path:
+            found.append(value)
+        self.processed_path = value if isinstance(value, str) else None
+        # tokens between blanks and quotes (linear: no backtracking over a flood of output)
+        found += [t.rstrip(".,;:)]}") for t in re.split(r"[\s'\"(\[{,]+", stdout)]
+        found = [t for t in found if t and t.lower().endswith(IMAGE_EXTENSIONS)]
+        rels = []
+        for path in found:
+            full = os.path.realpath(os.path.join(self.work_dir, path))
+            rel = os.path.relpath(full, os.path.realpath(self.work_dir))
+            if rel.startswith(("..", os.sep)) or rel in self.inputs or not os.path.isfile(full):
+                continue
+            rels.append(rel)
+        return list(dict.fromkeys(rels))
+
+    def collect_images(self, index: int, before: dict, stdout: str = "") -> list[dict]:
         import base64
 
         capture = self.capture
@@ -705,6 +814,7 @@ class Worker:
         after = snapshot_images(self.work_dir)
         inputs = set(self.inputs)
         changed = sorted(p for p, sig in after.items() if p not in inputs and before.get(p) != sig)
+        changed += [p for p in self.referenced_images(stdout) if p not in changed]
         for rel in changed:
             stem = _safe_stem(os.path.splitext(os.path.basename(rel))[0])
             if not capture.room():

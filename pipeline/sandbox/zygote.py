@@ -36,7 +36,7 @@ import subprocess
 import time
 import weakref
 
-from pipeline.sandbox.base import SandboxError, SandboxLimits
+from pipeline.sandbox.base import InputImage, SandboxError, SandboxLimits
 from pipeline.sandbox.process import (
     _HEADER,
     RUNNER_PATH,
@@ -320,8 +320,8 @@ class ZygoteSandbox(ChildSandbox):
         self.zygote_startup_ms = zygote.startup_ms
         return zygote
 
-    def _spawn(self, work_dir: str, ctl_dir: str, inputs: list[str]) -> _Child:
-        config = {"op": "config", **self._child_config(work_dir, inputs)}
+    def _spawn(self, work_dir: str, ctl_dir: str, images: list[InputImage]) -> _Child:
+        config = {"op": "config", **self._child_config(work_dir, images)}
         log_path = os.path.join(ctl_dir, "child.log")
         for attempt in range(2):
             zygote = self._ensure_zygote()

@@ -6,7 +6,10 @@
   (c) unsandboxed in-process exec (the limit: same inputs, same globals, no isolation).
 
 Hostile trajectories are left out (they must never run unsandboxed). (a) is slow, so it runs on
-every ``--a-every``-th cell of the same set. Prints p50/p90 per cell and the ratios.
+every ``--a-every``-th cell of the same set. All three run with the sandbox's malloc settings
+(``GLIBC_TUNABLES``; this script re-executes itself to give (c) the same). Prints p50/p90 per
+cell, the ratios, and how much of a cell is its own work: ``(c)`` is a floor under ``(b)``, so
+``(a)/(b)`` cannot exceed ``(a)/(c)`` however cheap the isolation is.
 
     python bench/sandbox.py [--n 160] [--a-every 6]
 """
@@ -118,8 +121,10 @@ def run_sandbox(trajs) -> list[float]:
 
 def run_fresh(trajs, every: int) -> list[float]:
     """(a): one new interpreter per cell, importing the same libraries and re-running earlier cells."""
+    from pipeline.sandbox.process import MALLOC_TUNABLES
+
     env = {"PATH": os.environ.get("PATH", "/usr/bin"), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "MPLBACKEND": "Agg", "HOME": tempfile.gettempdir()}
+           "MPLBACKEND": "Agg", "HOME": tempfile.gettempdir(), "GLIBC_TUNABLES": MALLOC_TUNABLES}
     per_cell, k = [], 0
     for inputs, cells in trajs:
         for i in range(len(cells)):
@@ -150,6 +155,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=160, help="corpus records (hostile ones are skipped)")
     ap.add_argument("--a-every", type=int, default=6, help="run design (a) on every k-th cell")
     args = ap.parse_args()
+    from pipeline.sandbox.process import MALLOC_TUNABLES
+
+    if os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:  # (c) runs in this process: same malloc
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES})
     trajs = load_trajectories(args.n)
     n_cells = sum(len(c) for _, c in trajs)
     c = run_inprocess(trajs)
@@ -160,6 +169,10 @@ def main() -> None:
         print(f"{name:34s} p50 {pct(xs, 0.5):8.1f} ms   p90 {pct(xs, 0.9):8.1f} ms   mean {statistics.mean(xs) * 1000:8.1f} ms")
     print(f"(a)/(b) per-cell p50: {pct(a, 0.5) / pct(b, 0.5):.1f}x   mean: {statistics.mean(a) / statistics.mean(b):.1f}x")
     print(f"(b) throughput / (c) throughput: {sum(c) / sum(b):.2f}")
+    print(f"ceiling of (a)/(b) set by the cells' own work, (a)/(c) per-cell p50: {pct(a, 0.5) / pct(c, 0.5):.1f}x")
+    print(f"sandbox cost per cell beyond (c): mean {(statistics.mean(b) - statistics.mean(c)) * 1000:.1f} ms; "
+          f"fresh-interpreter cost beyond (c): mean {(statistics.mean(a) - statistics.mean(c)) * 1000:.1f} ms "
+          f"({(statistics.mean(a) - statistics.mean(c)) / max(statistics.mean(b) - statistics.mean(c), 1e-6):.0f}x)")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,9 @@ class _ProtocolError(Exception):
 # ------------------------------------------------------------------------------------------------
 # capabilities of this machine
 # ------------------------------------------------------------------------------------------------
+MALLOC_TUNABLES = "glibc.malloc.hugetlb=1"
+
+
 def _clean_env(home: str, mpl_dir: str) -> dict[str, str]:
     """The child's complete environment. Nothing is inherited from the parent (API keys...)."""
     return {
@@ -148,6 +151,11 @@ def _clean_env(home: str, mpl_dir: str) -> dict[str, str]:
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONIOENCODING": "utf-8",
+        # Every trajectory is a fresh process, so each page its cells touch is a first-touch fault
+        # (zeroed, charged to the memory cgroup): image buffers of a few megapixels cost thousands
+        # of them per cell. Transparent huge pages for malloc'd memory cut that (glibc >= 2.35,
+        # THP in "madvise" mode; ignored elsewhere). bench/sandbox.py gives (c) the same setting.
+        "GLIBC_TUNABLES": MALLOC_TUNABLES,
     }
 
 

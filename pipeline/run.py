@@ -80,16 +80,18 @@ LLM_ACTOR_CPUS = 0.1  # an LLM judge actor waits on the network; the endpoint is
 def stage_cpus(cfg: RunConfig, cluster_cpus: float, pool: int) -> dict[str, float]:
     """CPUs per replay actor and per judge actor, so that every stage can run at once.
 
-    Ray Data starts the replay pool (``pool`` actors), at least one judge actor, the LLM pool
-    and the ingest and route tasks together; if their requests exceed the cluster, the task
-    stages never get a slot and the job waits forever without an error. The configured
-    ``replay.cpus_per_actor`` and ``judges.cpus_per_task`` are kept when they fit and scaled
-    down together (never below 0.05) when they do not, e.g. on a 1-CPU machine.
+    Ray Data runs the replay pool and the judge pool (``pool`` actors each), the LLM pool and
+    the ingest and route tasks together; if their requests exceed the cluster, a stage never
+    gets a slot: the task stages starve and the job waits forever without an error (seen at
+    1 CPU), or the judge pool never grows past one actor and caps throughput (seen at 2). The
+    configured ``replay.cpus_per_actor`` and ``judges.cpus_per_task`` are kept when they fit and
+    scaled down together (never below 0.05) when they do not. The requests are Ray's
+    bookkeeping, not a CPU quota: scaled-down actors still use a whole core when it is free.
     """
     llm = cfg.judges.llm
     fixed = 2 * TASK_CPUS + (LLM_ACTOR_CPUS * llm.pool_size() if llm.enabled else 0.0)
     replay, judge = cfg.replay.cpus_per_actor, cfg.judges.cpus_per_task
-    wanted = pool * replay + judge
+    wanted = pool * (replay + judge)
     room = max(float(cluster_cpus) - fixed, 0.0)
     scale = min(1.0, room / wanted) if wanted > 0 else 1.0
     return {
@@ -250,7 +252,7 @@ def run_pipeline(
             fn_constructor_kwargs={"judges_factory": judges_factory, "stage_metrics": metrics},
             batch_size=cfg.judges.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
+            compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=resources["judge_cpus_per_actor"],
         )
         llm = cfg.judges.llm

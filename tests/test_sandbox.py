@@ -28,6 +28,7 @@ from pipeline.sandbox import (
     isolation_report,
 )
 from pipeline.sandbox.isolation import interpreter_dirs_under
+from tests.attack_helpers import processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the level-1 sandbox tests run as root")
 
@@ -58,31 +59,11 @@ def _png_size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
-def _proc_entries() -> list[tuple[int, int, int]]:
-    """(pid, pgid, real uid) of every live process."""
-    rows = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as fh:
-                stat = fh.read()
-            with open(f"/proc/{name}/status") as fh:
-                uid_line = next(line for line in fh if line.startswith("Uid:"))
-        except (OSError, StopIteration):
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z":
-            continue
-        rows.append((int(name), int(fields[2]), int(uid_line.split()[1])))
-    return rows
-
-
 def _leftovers(pgid: int | None) -> list[tuple[int, int, int]]:
     """Processes still in the child's process group or running as the sandbox uid."""
     deadline = time.monotonic() + 3.0  # the kernel tears a PID namespace down asynchronously
     while True:
-        left = [row for row in _proc_entries() if row[1] == pgid or row[2] == SANDBOX_UID]
+        left = [(p.pid, p.pgid, p.uids[0]) for p in processes() if p.pgid == pgid or p.uids[0] == SANDBOX_UID]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
@@ -113,7 +94,7 @@ def input_images() -> list[InputImage]:
 
 @pytest.fixture(autouse=True)
 def _no_sandbox_processes_before():
-    assert not [row for row in _proc_entries() if row[2] == SANDBOX_UID], "stray sandbox processes"
+    assert not [p for p in processes() if p.uids[0] == SANDBOX_UID], "stray sandbox processes"
     yield
 
 

@@ -165,6 +165,20 @@ def load_refs(refs: list[Any], ctx: RecordContext, stem: str) -> list[dict[str, 
     return [resolve_image(r, ctx, f"{stem}_{k}") for k, r in enumerate(refs)]
 
 
+def chat_prompt(
+    record: dict[str, Any], ctx: RecordContext, clean: Any = str.strip
+) -> tuple[str, list[dict[str, Any]], list[Msg]]:
+    """(question, input images, the messages after the prompt) of a chat record. The question is
+    the record's ``question`` field when it has one, else the prompt's user text, passed through
+    ``clean``; the input images are the prompt's image references."""
+    prompt, rest = split_prompt(normalize_messages(record))
+    question = record.get("question") if isinstance(record.get("question"), str) else prompt_text(prompt)
+    question = clean(question or "")
+    if not question:
+        raise InputError("missing_field:question")
+    return question, load_refs([r for m in prompt for r in m.image_refs], ctx, "input"), rest
+
+
 def tool_arguments(call: dict[str, Any]) -> tuple[str, Any]:
     """(function name, parsed arguments) of an OpenAI tool call; arguments stay a string when
     they are not valid JSON (the caller decides what that means)."""

@@ -34,11 +34,9 @@ from pipeline.formats.base import (
     turn,
 )
 from pipeline.formats.chat import (
+    chat_prompt,
     has_chat,
     load_refs,
-    normalize_messages,
-    prompt_text,
-    split_prompt,
     tool_arguments,
 )
 from pipeline.formats.zoom_tools import deepeyes_cell
@@ -69,12 +67,7 @@ class OpenAITools:
         raise InputError("unsupported_tool", name[:100])
 
     def to_row(self, record: dict[str, Any], ctx: RecordContext) -> dict[str, Any]:
-        msgs = normalize_messages(record)
-        prompt, rest = split_prompt(msgs)
-        question = record.get("question") if isinstance(record.get("question"), str) else prompt_text(prompt)
-        if not question or not question.strip():
-            raise InputError("missing_field:question")
-        images = load_refs([r for m in prompt for r in m.image_refs], ctx, "input")
+        question, images, rest = chat_prompt(record, ctx, drop_image_tokens)
         turns: list[dict[str, Any]] = []
         by_call: dict[str, int] = {}
         pending: list[int] = []  # code turns still waiting for their tool message
@@ -120,7 +113,7 @@ class OpenAITools:
             answer = last_text
         return canonical_row(
             record, ctx, self.name,
-            question=drop_image_tokens(question), images=images, turns=turns, final_answer=answer,
+            question=question, images=images, turns=turns, final_answer=answer,
         )
 
 

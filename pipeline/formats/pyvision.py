@@ -46,11 +46,8 @@ from pipeline.formats.base import (
 from pipeline.formats.chat import (
     Msg,
     all_text,
+    chat_prompt,
     has_chat,
-    load_refs,
-    normalize_messages,
-    prompt_text,
-    split_prompt,
 )
 from pipeline.formats.sharegpt import assistant_turns, chat_trajectory
 
@@ -87,13 +84,7 @@ class PyVision:
         return "<interpreter>" in text or "<image_clue_" in text
 
     def to_row(self, record: dict[str, Any], ctx: RecordContext) -> dict[str, Any]:
-        msgs = normalize_messages(record)
-        prompt, rest = split_prompt(msgs)
-        question = record.get("question") if isinstance(record.get("question"), str) else prompt_text(prompt)
-        question = _plain(question or "")
-        if not question:
-            raise InputError("missing_field:question")
-        images = load_refs([r for m in prompt for r in m.image_refs], ctx, "input")
+        question, images, rest = chat_prompt(record, ctx, _plain)
         turns, answer = chat_trajectory(rest, ctx, assistant_turns, interpreter_text)
         if not turns:
             raise InputError("empty_trajectory")

@@ -31,7 +31,12 @@ from pipeline.formats.base import (
     split_code_blocks,
     turn,
 )
-from pipeline.formats.chat import Msg, has_chat, load_refs, normalize_messages, prompt_text, split_prompt
+from pipeline.formats.chat import (
+    Msg,
+    chat_prompt,
+    has_chat,
+    load_refs,
+)
 from schemas import sample as S
 
 RESULT_PREFIX = "Code execution result:"
@@ -121,18 +126,13 @@ class ShareGPT:
         return has_chat(record)
 
     def to_row(self, record: dict[str, Any], ctx: RecordContext) -> dict[str, Any]:
-        msgs = normalize_messages(record)
-        prompt, rest = split_prompt(msgs)
-        question = record.get("question") if isinstance(record.get("question"), str) else prompt_text(prompt)
-        if not question or not question.strip():
-            raise InputError("missing_field:question")
-        images = load_refs([r for m in prompt for r in m.image_refs], ctx, "input")
+        question, images, rest = chat_prompt(record, ctx, drop_image_tokens)
         turns, answer = chat_trajectory(rest, ctx, assistant_turns, _observation)
         if not turns:
             raise InputError("empty_trajectory")
         return canonical_row(
             record, ctx, self.name,
-            question=drop_image_tokens(question), images=images, turns=turns, final_answer=answer,
+            question=question, images=images, turns=turns, final_answer=answer,
         )
 
 

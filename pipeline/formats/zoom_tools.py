@@ -44,11 +44,8 @@ from pipeline.formats.base import (
 from pipeline.formats.chat import (
     Msg,
     all_text,
+    chat_prompt,
     has_chat,
-    load_refs,
-    normalize_messages,
-    prompt_text,
-    split_prompt,
 )
 from pipeline.formats.sharegpt import chat_trajectory
 
@@ -151,12 +148,7 @@ class _ZoomAdapter:
         raise NotImplementedError
 
     def to_row(self, record: dict[str, Any], ctx: RecordContext) -> dict[str, Any]:
-        msgs = normalize_messages(record)
-        prompt, rest = split_prompt(msgs)
-        question = record.get("question") if isinstance(record.get("question"), str) else prompt_text(prompt)
-        if not question or not question.strip():
-            raise InputError("missing_field:question")
-        images = load_refs([r for m in prompt for r in m.image_refs], ctx, "input")
+        question, images, rest = chat_prompt(record, ctx, drop_image_tokens)
         counter = [0]
 
         def parse_assistant(text: str) -> tuple[list[dict[str, Any]], str | None]:
@@ -176,7 +168,7 @@ class _ZoomAdapter:
             raise InputError("empty_trajectory")
         return canonical_row(
             record, ctx, self.name,
-            question=drop_image_tokens(question), images=images, turns=turns, final_answer=answer,
+            question=question, images=images, turns=turns, final_answer=answer,
         )
 
 

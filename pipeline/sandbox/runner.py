@@ -622,21 +622,9 @@ class Worker:
 
     # -- set-up -----------------------------------------------------------------------------
     def isolate(self, layers: dict[str, bool]) -> None:
-        iso.set_oom_score_adj(0)  # init is protected from the OOM killer; the cells are not
-        layers["rlimits"] = iso.apply_rlimits(self.limits)
-        layers["no_new_privs"] = iso.set_no_new_privs()
-        if self.cfg.get("preload", True) and not self.cfg.get("preloaded"):
-            self.notes.extend(iso.preimport_libraries())
-        self.path_fds = iso.expose_unreadable_sys_path()
-        uid, gid = self.cfg.get("uid"), self.cfg.get("gid")
-        layers["unprivileged_uid"] = iso.drop_privileges(int(uid), int(gid)) if uid is not None else False
-        layers["seccomp"] = False
-        if "seccomp" not in self.cfg.get("disabled", ()):
-            try:
-                seccomp = self.seccomp if self.seccomp is not None else iso.SeccompFilter()
-                layers["seccomp"] = seccomp.load()  # last: it refuses the steps above
-            except OSError as exc:
-                self.notes.append(f"seccomp filter not applied: {exc}")
+        if not self.cfg.get("worker_prepared"):  # else done in advance by a PreforkedWorker
+            self.path_fds = prepare_worker_process(self.cfg, layers, self.notes)
+        drop_worker_privileges(self.cfg, layers, self.seccomp, self.notes)
         os.chdir(self.work_dir)
         os.umask(0o022)
 
@@ -858,8 +846,110 @@ class Worker:
             send_message(self.resp_fd, result)
 
 
-def worker_main(cfg: dict, layers: dict[str, bool], started: float, seccomp: object | None = None) -> None:
+def prepare_worker_process(cfg: dict, layers: dict[str, bool], notes: list[str]) -> list[int]:
+    """The worker's first layers: rlimits, no_new_privs (and the imports at the process level).
+    Depends only on the sandbox's settings, not on the trajectory. Returns the fds that keep
+    unreadable sys.path entries reachable after the privileges are dropped."""
+    iso.set_oom_score_adj(0)  # init is protected from the OOM killer; the cells are not
+    layers["rlimits"] = iso.apply_rlimits(cfg["limits"])
+    layers["no_new_privs"] = iso.set_no_new_privs()
+    if cfg.get("preload", True) and not cfg.get("preloaded"):
+        notes.extend(iso.preimport_libraries())
+    return iso.expose_unreadable_sys_path()
+
+
+def drop_worker_privileges(cfg: dict, layers: dict[str, bool], seccomp: object | None, notes: list[str]) -> None:
+    """The unprivileged uid, then the seccomp filter (last: it refuses the steps before it)."""
+    uid, gid = cfg.get("uid"), cfg.get("gid")
+    layers["unprivileged_uid"] = iso.drop_privileges(int(uid), int(gid)) if uid is not None else False
+    layers["seccomp"] = False
+    if "seccomp" not in cfg.get("disabled", ()):
+        try:
+            seccomp = seccomp if seccomp is not None else iso.SeccompFilter()
+            layers["seccomp"] = seccomp.load()  # last: it refuses the steps above
+        except OSError as exc:
+            notes.append(f"seccomp filter not applied: {exc}")
+
+
+# The sandbox settings a pre-forked worker was isolated with; a trajectory must match them.
+WORKER_SETTINGS = ("limits", "uid", "gid", "disabled")
+
+
+class PreforkedWorker:
+    """A worker forked by a standby init before its trajectory is known, with its rlimits and
+    no_new_privs applied (off the critical path: forking the large pre-imported process takes
+    ~4 ms here). It waits, still root and running nothing of the trajectory, on a socket only its
+    init holds; with the trajectory's config and pipes it drops to the sandbox uid, loads the
+    seccomp filter and runs the cells, exactly as a worker forked on the spot."""
+
+    def __init__(self, settings: dict, layers: dict[str, bool], seccomp: object | None, closing: list[int]) -> None:
+        import socket
+
+        self.settings = {k: settings.get(k) for k in WORKER_SETTINGS}
+        init_pid = os.getpid()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                ours.close()
+                for fd in closing:  # the standby's socket to the zygote: never the cells'
+                    os.close(fd)
+                iso.set_parent_death_signal(init_pid)
+                self._serve(theirs, {**settings, "preloaded": True}, layers, seccomp)
+            finally:
+                os._exit(EXIT_SETUP_FAILED)
+        theirs.close()
+        self.sock = ours
+
+    @staticmethod
+    def _serve(sock, settings: dict, layers: dict[str, bool], seccomp: object | None) -> None:
+        import socket
+
+        notes: list[str] = []
+        path_fds = prepare_worker_process(settings, layers, notes)
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 16, 3)
+            cfg = recv_message(sock.fileno()) if msg == b"go" and len(fds) == 3 else None
+        except OSError:
+            cfg = None
+        if not cfg:
+            os._exit(0)  # the init went away or gave up on this worker
+        sock.close()
+        req_fd, resp_fd, log_fd = fds
+        os.dup2(log_fd, 1)  # fd-level output goes to the trajectory's log, as with a fresh fork
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        cfg.update(req_fd=req_fd, resp_fd=resp_fd, worker_prepared=True)
+        worker_main(cfg, layers, float(cfg.pop("started_monotonic")), seccomp, path_fds, notes)
+
+    def matches(self, cfg: dict) -> bool:
+        return all(cfg.get(k) == v for k, v in self.settings.items())
+
+    def start(self, cfg: dict, started: float) -> None:
+        """Hand the trajectory to the worker (raises OSError if it is gone)."""
+        import socket
+
+        socket.send_fds(self.sock, [b"go"], [int(cfg["req_fd"]), int(cfg["resp_fd"]), 1])
+        send_message(self.sock.fileno(), {**cfg, "started_monotonic": started})
+        self.sock.close()
+
+    def discard(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def worker_main(
+    cfg: dict, layers: dict[str, bool], started: float, seccomp: object | None = None,
+    path_fds: list[int] | None = None, notes: list[str] | None = None,
+) -> None:  # fmt: skip
     worker = Worker(cfg, seccomp)
+    worker.path_fds = list(path_fds or [])
+    worker.notes.extend(notes or [])
     try:
         worker.isolate(layers)
         worker.install_hooks()
@@ -968,11 +1058,12 @@ def prepare_init(cfg: dict, layers: dict[str, bool], *, pid_namespace: bool) -> 
 
 def run_init(
     cfg: dict, layers: dict[str, bool], started: float, *, pid_namespace: bool,
-    status_fd: int | None = None, seccomp: object | None = None,
+    status_fd: int | None = None, seccomp: object | None = None, worker: PreforkedWorker | None = None,
 ) -> None:  # fmt: skip
     """Fork the worker (the second fork inside the PID namespace, so the cells never run as
-    pid 1), reap orphans, and when the worker exits kill everything left in the namespace, report
-    the worker's exit code on ``status_fd`` (zygote level) and exit with it. Never returns."""
+    pid 1) or hand the trajectory to ``worker``, forked in advance with the same settings; reap
+    orphans, and when the worker exits kill everything left in the namespace, report the
+    worker's exit code on ``status_fd`` (zygote level) and exit with it. Never returns."""
     init_pid = os.getpid()
     if layers.get("private_tmp"):
         limits = cfg.get("limits") or {}
@@ -981,9 +1072,17 @@ def run_init(
             cfg["work_dir"] = iso.mount_work_tmpfs(size_mb, cfg.get("uid"), cfg.get("gid"))
         except OSError as exc:
             print(f"sandbox: work dir not size-limited: {exc}", file=sys.stderr, flush=True)
+    worker_pid = -1
+    if worker is not None:
+        try:
+            worker.start(cfg, started)
+            worker_pid = worker.pid
+        except OSError:
+            worker.discard()
     sys.stdout.flush()
     sys.stderr.flush()
-    worker_pid = os.fork()
+    if worker_pid == -1:
+        worker_pid = os.fork()
     if worker_pid == 0:
         try:
             if status_fd is not None:
@@ -1135,6 +1234,10 @@ def _standby_init(sock, static: dict, closing: list[int], seccomp: object | None
         layers["new_session"] = iso.ensure_new_session()
         cfg = {**static, "work_dir": static["base_dir"], "join_cgroups": False}
         prepare_init(cfg, layers, pid_namespace=True)
+        worker = None
+        if static.get("worker"):  # the sandbox's settings are known: fork and isolate it now
+            settings = {**static["worker"], "disabled": static.get("disabled")}
+            worker = PreforkedWorker(settings, dict(layers), seccomp, [sock.fileno()])
         while True:
             try:
                 msg, fds, _, _ = socket.recv_fds(sock, 16, 4)
@@ -1151,7 +1254,10 @@ def _standby_init(sock, static: dict, closing: list[int], seccomp: object | None
             os._exit(EXIT_PROTOCOL)
         if layers.get("private_tmp"):
             traj["work_dir"] = iso.enter_work_dir(name)
-        run_init(traj, layers, started, pid_namespace=True, status_fd=status_fd, seccomp=seccomp)
+        if worker is not None and not worker.matches(traj):
+            worker.discard()
+            worker = None
+        run_init(traj, layers, started, pid_namespace=True, status_fd=status_fd, seccomp=seccomp, worker=worker)
     finally:
         os._exit(EXIT_SETUP_FAILED)
 
@@ -1255,7 +1361,7 @@ def zygote_main(cfg: dict) -> None:
     )
     ctl = socket.socket(fileno=ctl_fd)
     closing = [ctl_fd] + ([pidns_fd] if pidns_fd is not None else [])
-    static = {k: cfg.get(k) for k in ("base_dir", "mask_dirs", "cgroups", "disabled")}
+    static = {k: cfg.get(k) for k in ("base_dir", "mask_dirs", "cgroups", "disabled", "worker")}
     use_standby = pidns_fd is not None and bool(static["base_dir"])
     standby = None
     gc.collect()

@@ -35,6 +35,7 @@ import struct
 import subprocess
 import time
 import weakref
+from dataclasses import asdict
 
 from pipeline.sandbox.base import InputImage, SandboxError, SandboxLimits
 from pipeline.sandbox.process import (
@@ -305,6 +306,8 @@ class ZygoteSandbox(ChildSandbox):
             # for the pre-forked init of the next trajectory (see runner._standby_init)
             "base_dir": self._base,
             "mask_dirs": self._mask_dirs,
+            # settings of every trajectory's worker, so the standby init can fork it in advance
+            "worker": {"limits": asdict(self.limits), "uid": self.uid, "gid": self.gid},
         }
         zygote = _Zygote.start(
             self.python,

@@ -25,6 +25,7 @@ from pipeline.config import ReplayConfig
 from pipeline.sandbox import InputImage, SandboxLimits, ZygoteSandbox
 from pipeline.sandbox.levels import LAYER_LABELS, LEVELS, check_level
 from pipeline.sandbox.process import PROJECT_ROOT
+from tests.attack_helpers import processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox tests run as root")
 
@@ -43,18 +44,7 @@ IMAGE = InputImage("in.png", _png(np.tile(np.arange(64, dtype=np.uint8) * 4, (48
 
 
 def _uid_processes(uid: int) -> list[int]:
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status") as fh:
-                fields = dict(line.split(":", 1) for line in fh if ":" in line)
-        except OSError:
-            continue
-        if fields.get("State", "").split()[:1] != ["Z"] and int(fields["Uid"].split()[0]) == uid:
-            pids.append(int(name))
-    return pids
+    return [p.pid for p in processes() if p.uids[0] == uid]
 
 
 def _no_uid_processes(uid: int, grace_s: float = 3.0) -> bool:
@@ -107,6 +97,59 @@ def test_zygote_environment_is_clean(box, monkeypatch):
     assert "OPENBLAS_NUM_THREADS" in names and "PYTHONHASHSEED" in names
     assert not [n for n in names if n.startswith(("TWI_", "RAY_", "AWS_", "OPENAI", "PYTEST"))]
     assert len(os.listdir(f"/proc/{box.zygote_pid}/task")) == 1  # single-threaded before forking
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except OSError:  # gone meanwhile
+        return []
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_standby_worker_waits_as_root_and_cannot_reach_the_zygote(box):
+    """Between trajectories the standby init has pre-forked the next worker: it runs nothing of a
+    trajectory yet, so it is root (not the sandbox uid: leftover checks by uid stay meaningful),
+    has its rlimits and no_new_privs applied, and holds no descriptor of the zygote's sockets."""
+    assert [o.status for o in box.replay(["x = 1"], [IMAGE])] == ["ok"]
+    deadline = time.monotonic() + 5.0
+    while True:  # the zygote forks the next standby right after handing one out
+        # (finished inits stay the zygote's zombies until its next request: no children)
+        inits = [i for i in _children(box.zygote_pid) if _children(i)]
+        workers = [w for i in inits for w in _children(i)]
+        if workers or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert len(inits) == 1 and len(workers) == 1, (inits, workers)
+    worker = workers[0]
+    with open(f"/proc/{worker}/status") as fh:
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+    assert status["Uid"].split()[0] == "0" and status["NoNewPrivs"] == "1"
+    assert status["NSpid"].split()[1:] == ["2"]  # pid 2 under its init in the standby's namespace
+    with open(f"/proc/{worker}/limits") as fh:
+        limits = fh.read()
+    assert f"{LIMITS.memory_mb * 1024 * 1024}" in limits  # RLIMIT_AS already applied
+    # The init holds its end of the zygote's standby socket and its end of the worker's pair; the
+    # worker holds only the other end of its pair (an end shared with the init would show here).
+    init_sockets, worker_sockets = _socket_inodes(inits[0]), _socket_inodes(worker)
+    assert len(init_sockets) == 2 and len(worker_sockets) == 1 and not (init_sockets & worker_sockets)
+    assert not (worker_sockets & _socket_inodes(box.zygote_pid))
+    assert not _uid_processes(UID)  # nothing runs as the sandbox uid between trajectories
+    out = box.replay(["import os\nprint(os.getuid(), os.getpid())"], [IMAGE])  # this worker runs it
+    assert out[0].status == "ok" and out[0].stdout == f"{UID} 2\n", out[0]
 
 
 @pytest.mark.timeout(90)

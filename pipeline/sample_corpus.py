@@ -171,6 +171,16 @@ def _same_size_box(view: Box, center: tuple[float, float], size: tuple[int, int]
     return (x0, y0, x0 + w, y0 + h)
 
 
+def _decoy_box(rng: np.random.Generator, view: Box, size: tuple[int, int], corner: tuple[int, int], bs: int) -> Box:
+    """A box of view's size centred at a random point at least 3 box sides from the bs-sided box
+    at ``corner``: a same-size region that shows nothing of interest."""
+    W, H = size
+    while True:
+        cx, cy = float(rng.uniform(bs, W - bs)), float(rng.uniform(bs, H - bs))
+        if math.hypot(cx - corner[0] - bs / 2, cy - corner[1] - bs / 2) > 3 * bs:
+            return _same_size_box(view, (cx, cy), size)
+
+
 def _center(box: Box) -> tuple[float, float]:
     return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
 
@@ -766,11 +776,7 @@ def _scene_astro(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
     )
     n = len(placed)
     # decoy: same-size region far from the box
-    while True:
-        cx, cy = float(rng.uniform(bs, W - bs)), float(rng.uniform(bs, H - bs))
-        if math.hypot(cx - x0 - bs / 2, cy - y0 - bs / 2) > 3 * bs:
-            break
-    decoy = _same_size_box(inner, (cx, cy), size)
+    decoy = _decoy_box(rng, inner, size, (x0, y0), bs)
     field_density = outside / (W * H - (bs + 60) ** 2) * 1e4
     question = (
         f"This {W}x{H} deep-sky frame has a small green box drawn on it. How many stars lie fully inside the "
@@ -1013,11 +1019,7 @@ def _scene_bio(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
     d = ImageDraw.Draw(img)
     d.rectangle([W - 330, H - 90, W - 330 + 200, H - 78], fill=(20, 20, 20))
     d.text((W - 230, H - 100), "50 um", font=_font(30), fill=(20, 20, 20), anchor="md")
-    while True:
-        cx, cy = float(rng.uniform(bs, W - bs)), float(rng.uniform(bs, H - bs))
-        if math.hypot(cx - x0 - bs / 2, cy - y0 - bs / 2) > 3 * bs:
-            break
-    decoy = _same_size_box(inner, (cx, cy), size)
+    decoy = _decoy_box(rng, inner, size, (x0, y0), bs)
     field_density = n_out / (W * H - (bs + 80) ** 2) * 1e4
     question = (
         f"This stained tissue micrograph ({W}x{H}) has one small square region outlined in black. How many "

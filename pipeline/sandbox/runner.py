@@ -1262,18 +1262,23 @@ def _standby_init(sock, static: dict, closing: list[int], seccomp: object | None
         os._exit(EXIT_SETUP_FAILED)
 
 
+def _fork() -> int:
+    """fork() with our buffered output flushed first; -1 if the kernel refuses."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        return os.fork()
+    except OSError:
+        return -1
+
+
 def _fork_init(fds: list[int], closing: list[int], pidns_fd: int | None, seccomp: object | None) -> int:
     """Fork a trajectory's init on request (``pidns_fd``: into a fresh PID namespace)."""
     in_pidns = False
     if pidns_fd is not None:
         with contextlib.suppress(OSError):
             in_pidns = iso.unshare_pid_for_children()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        pid = os.fork()
-    except OSError:
-        pid = -1
+    pid = _fork()
     if pid == 0:
         _zygote_child(fds, closing, in_pidns, seccomp)
     if in_pidns:
@@ -1290,12 +1295,7 @@ def _fork_standby(static: dict, closing: list[int], pidns_fd: int, seccomp: obje
         iso.unshare_pid_for_children()
     except OSError:
         return None
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        pid = os.fork()
-    except OSError:
-        pid = -1
+    pid = _fork()
     if pid == 0:
         _standby_init(theirs, static, [*closing, ours.fileno()], seccomp)
     _restore_pid_namespace(pidns_fd)

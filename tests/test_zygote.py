@@ -135,12 +135,21 @@ def test_standby_worker_waits_as_root_and_cannot_reach_the_zygote(box):
         time.sleep(0.02)
     assert len(inits) == 1 and len(workers) == 1, (inits, workers)
     worker = workers[0]
-    with open(f"/proc/{worker}/status") as fh:
-        status = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+
+    def settled() -> tuple[dict, str]:
+        with open(f"/proc/{worker}/status") as fh:
+            status = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+        with open(f"/proc/{worker}/limits") as fh:
+            return status, fh.read()
+
+    deadline = time.monotonic() + 5.0
+    while True:  # just forked, it may still be applying its layers: wait until it waits
+        status, limits = settled()
+        if (status["NoNewPrivs"] == "1" and len(_socket_inodes(worker)) == 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert status["Uid"].split()[0] == "0" and status["NoNewPrivs"] == "1"
     assert status["NSpid"].split()[1:] == ["2"]  # pid 2 under its init in the standby's namespace
-    with open(f"/proc/{worker}/limits") as fh:
-        limits = fh.read()
     assert f"{LIMITS.memory_mb * 1024 * 1024}" in limits  # RLIMIT_AS already applied
     # The init holds its end of the zygote's standby socket and its end of the worker's pair; the
     # worker holds only the other end of its pair (an end shared with the init would show here).

@@ -141,3 +141,31 @@ def test_rerun_replaces_shards_and_limit_counts(ray_local, corpus_dir, tmp_path)
     m = read_manifest(out)
     assert m["input_records"] == 3 and m["conservation"]["ok"]
     assert len(shard_rows(out)) == 3
+
+
+@pytest.mark.timeout(420)
+def test_one_cpu_run_completes(corpus_dir, tmp_path):
+    """A Ray cluster of 1 CPU used to stall silently (the task stages never got a slot). Runs in
+    its own process: Ray is started with 1 CPU there, beside this session's 2-CPU cluster."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "one-cpu"
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from pipeline.config import RunConfig\n"
+        "from pipeline.run import run_pipeline\n"
+        "m = run_pipeline([Path(sys.argv[1])], Path(sys.argv[2]), RunConfig(), limit=6, quiet=True, num_cpus=1)\n"
+        "print(json.dumps({'resources': m['resources'], 'ok': m['conservation']['ok'], 'n': m['input_records']}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(corpus_dir), str(out)],
+        capture_output=True, text=True, timeout=360, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ok"] and result["n"] == 6
+    res = result["resources"]
+    assert res["cluster_cpus"] == 1.0 and res["replay_actors"] == 1
+    assert res["replay_cpus_per_actor"] + res["judge_cpus_per_actor"] + 2 * TASK_CPUS <= 1.0 + 1e-9

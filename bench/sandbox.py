@@ -30,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.sandbox.process import MALLOC_TUNABLES  # noqa: E402 - the sandbox's malloc settings, for (a) and (c)
+
 PRELOAD = (
     "import numpy, cv2, scipy.ndimage, skimage, skimage.filters, skimage.measure, skimage.morphology, "
     "skimage.exposure, skimage.transform, matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot\n"
@@ -121,8 +123,6 @@ def run_sandbox(trajs) -> list[float]:
 
 def run_fresh(trajs, every: int) -> list[float]:
     """(a): one new interpreter per cell, importing the same libraries and re-running earlier cells."""
-    from pipeline.sandbox.process import MALLOC_TUNABLES
-
     env = {"PATH": os.environ.get("PATH", "/usr/bin"), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "MPLBACKEND": "Agg", "HOME": tempfile.gettempdir(), "GLIBC_TUNABLES": MALLOC_TUNABLES}
     per_cell, k = [], 0
@@ -155,8 +155,6 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=160, help="corpus records (hostile ones are skipped)")
     ap.add_argument("--a-every", type=int, default=6, help="run design (a) on every k-th cell")
     args = ap.parse_args()
-    from pipeline.sandbox.process import MALLOC_TUNABLES
-
     if os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:  # (c) runs in this process: same malloc
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES})
     trajs = load_trajectories(args.n)

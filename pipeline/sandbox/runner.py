@@ -1239,7 +1239,7 @@ def _standby_init(sock, static: dict, closing: list[int], seccomp: object | None
         if static.get("worker"):  # the sandbox's settings are known: fork and isolate it now
             settings = {**static["worker"], "disabled": static.get("disabled")}
             with contextlib.suppress(OSError):  # else run_init forks it on the spot
-                worker = PreforkedWorker(settings, dict(layers), seccomp, [sock.fileno()])
+                worker = PreforkedWorker(settings, layers, seccomp, [sock.fileno()])  # a copy: it forks
         while True:
             try:
                 msg, fds, _, _ = socket.recv_fds(sock, 16, 4)

@@ -11,12 +11,14 @@ from judges.scientific_accuracy import ScientificAccuracyJudge
 from judges.visual_gain import VisualGainJudge
 
 
-def metric_judges(visual_tokens: int = 1280, patch_px: int = 28) -> list[Judge]:
-    """The default judge set: one metric judge per dimension, in schemas.sample.DIMENSIONS order."""
+def metric_judges(visual_tokens: int = 1280, patch_px: int = 28, recovered_errors: str = "accept") -> list[Judge]:
+    """The default judge set: one metric judge per dimension, in schemas.sample.DIMENSIONS order.
+
+    ``recovered_errors`` is the routing policy's ``recovered_errors`` (judges.code_correctness)."""
     return [
         VisualGainJudge(visual_tokens, patch_px),
         CoherenceJudge(),
-        CodeCorrectnessJudge(),
+        CodeCorrectnessJudge(recovered_errors),
         ScientificAccuracyJudge(),
         AlignmentJudge(),
         EducationalValueJudge(),

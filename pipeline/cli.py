@@ -77,15 +77,23 @@ def run(
             "--allow-weak-sandbox", help="replay even if the sandbox is below replay.min_sandbox_level (unsafe)"
         ),
     ] = False,
+    image_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image-root",
+            help="folder where relative image paths and bare file names are looked up (repeatable; "
+            "adds to ingest.image_roots)",
+        ),
+    ] = None,
 ) -> None:
     """Curate trajectories into routed Parquet shards (OUT/shards/route=*/discipline=*/)."""
-    from pipeline.config import ConfigError, load_config, with_llm_judge
+    from pipeline.config import ConfigError, load_config, with_image_roots, with_llm_judge
     from pipeline.evaluate import agreement, find_labels
     from pipeline.run import run_pipeline
     from pipeline.sample_corpus import ensure_sample_corpus
 
     try:
-        cfg = with_llm_judge(load_config(config), judge_endpoint, judge_model)
+        cfg = with_image_roots(with_llm_judge(load_config(config), judge_endpoint, judge_model), image_root or [])
     except ConfigError as exc:
         _fail(str(exc))
     if not inputs:
@@ -143,6 +151,26 @@ def _print_summary(manifest: dict[str, Any]) -> None:
         f"conservation: {'[green]ok' if ok else '[red]FAILED'}[/] "
         f"({sum(manifest['routes'].values())} routed = {manifest['input_records']} input records)"
     )
+    _print_replay_env(manifest)
+
+
+def _print_replay_env(manifest: dict[str, Any]) -> None:
+    """Loud closing lines when the replay environment lacked what trajectories used (a module, a
+    tool function, a referenced file): those samples were rejected with replay_env:<kind>:<name>,
+    not lost, and each line says what to do."""
+    from pipeline.manifest import replay_env_advice
+
+    advice = replay_env_advice(manifest)
+    if not advice:
+        return
+    n = (manifest.get("replay_env") or {}).get("samples", 0)
+    console.print(
+        f"[bold red]REPLAY ENVIRONMENT GAPS:[/] [red]{n} sample(s) could not be replayed faithfully because "
+        "the replay environment lacks what they used; they were rejected with replay_env:<kind>:<name> "
+        "(see manifest.json 'replay_env'):[/]"
+    )
+    for line in advice:
+        console.print(f"  [bold yellow]![/] [yellow]{escape(line)}[/]")
 
 
 @app.command()
@@ -373,7 +401,8 @@ def explain(
     console.print(f"[bold]{r[S.SAMPLE_ID]}[/]  {r[S.DISCIPLINE]}  route [bold]{r[S.ROUTE]}[/]  "
                   f"reasons {escape(str(r[S.ROUTE_REASONS]))}  source {escape(str(r[S.SOURCE]))}")
     if r[S.INPUT_ERROR]:
-        console.print(f"input error: {r[S.INPUT_ERROR]}\nraw: {r[S.RAW]}")
+        detail = f" ({r[S.INPUT_DETAIL]})" if r.get(S.INPUT_DETAIL) else ""
+        console.print(f"input error: {r[S.INPUT_ERROR]}{detail}\nraw: {r[S.RAW]}")
         return
     scores = Table(title="scores", title_justify="left")
     for c in ("dimension", "score", "metric", "llm", "why"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from judges.llm import LLMJudgeSettings
 from routing.policy import RoutingPolicy
@@ -33,6 +33,33 @@ class IngestConfig(_Strict):
         500, ge=1, description="read tasks per Ray Data execution: Ray keeps per-block state in the driver, "
         "so the corpus streams through in windows to keep the driver's memory flat",
     )
+    image_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders where relative image paths and bare file names are looked up when they are "
+        "not found beside the record's file (--image-root, repeatable); data made on another machine",
+    )
+    path_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="image path prefix -> replacement prefix, applied before lookup (longest prefix first), "
+        "e.g. {'/NEW_EDS/miaojw/projects/MMAD': '/data/mmad'}: remaps absolute paths of another machine",
+    )
+
+    @field_validator("image_roots")
+    @classmethod
+    def _roots_exist(cls, roots: list[Path]) -> list[Path]:
+        missing = [str(r) for r in roots if not Path(r).expanduser().is_dir()]
+        if missing:
+            raise ValueError(
+                f"image root(s) {', '.join(missing)} are not folders; pass existing folders holding the images"
+            )
+        return [Path(r).expanduser().resolve() for r in roots]
+
+    @field_validator("path_map")
+    @classmethod
+    def _prefixes_nonempty(cls, mapping: dict[str, str]) -> dict[str, str]:
+        if any(not k.strip() for k in mapping):
+            raise ValueError("path_map keys must be non-empty path prefixes such as /old/machine/images")
+        return mapping
 
 
 class ReplayConfig(_Strict):
@@ -61,16 +88,23 @@ class JudgeConfig(_Strict):
 class DedupConfig(_Strict):
     exact: bool = Field(True, description="reject records whose sample_id an earlier record already has")
     image_hamming: int | None = Field(
-        4, ge=0, le=16, description="near-duplicate first images: max pHash Hamming distance (null: off)"
+        4, ge=0, le=16,
+        description="same-image candidates: max pHash Hamming distance of first images (null: identical bytes only)",
     )
-    image_max_thumb_diff: float | None = Field(
-        0.5, ge=0, le=255,
-        description="near images must also differ by at most this mean grey level on 32x32 thumbnails (null: off)",
+    image_max_tile_diff: float | None = Field(
+        5.0, ge=0, le=255,
+        description="same image: max mean grey difference over any 8x8 px window of the <=512 px grey images "
+        "(blurred, compared at the smaller one's size; null: pHash alone)",
     )
     benchmark_image_hamming: int | None = Field(
         4, ge=0, le=16, description="benchmark image match: max pHash Hamming distance (null: off)"
     )
     benchmark_questions: bool = Field(True, description="match normalised questions against the benchmark")
+    best_of_n: int | None = Field(
+        1, ge=1,
+        description="records sharing (image, question) are rollouts of one sample: keep the best N by score, "
+        "reject the others as duplicate_of:<best> (null: keep all)",
+    )
 
 
 class RunConfig(_Strict):
@@ -127,3 +161,17 @@ def with_llm_judge(cfg: RunConfig, endpoint: str | None = None, model: str | Non
     if llm.endpoint and not llm.endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"judge endpoint {llm.endpoint!r} must be an http(s) URL such as http://host:8000/v1")
     return cfg.model_copy(update={"judges": cfg.judges.model_copy(update={"llm": llm})})
+
+
+def with_image_roots(cfg: RunConfig, roots: list[Path]) -> RunConfig:
+    """Append ``--image-root`` folders to ``ingest.image_roots`` (validated like the config key)."""
+    if not roots:
+        return cfg
+    try:
+        ingest = IngestConfig.model_validate(
+            {**cfg.ingest.model_dump(), "image_roots": [*cfg.ingest.image_roots, *roots]}
+        )
+    except ValidationError as exc:
+        msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(f"--image-root: {msgs}") from exc
+    return cfg.model_copy(update={"ingest": ingest})

@@ -1,35 +1,54 @@
-"""Dedup and decontamination: which records duplicate an earlier one or overlap a benchmark.
+"""Dedup and decontamination: which records duplicate another, which share an (image, question)
+with others (best-of-N groups, pipeline.best_of_n), which overlap a benchmark.
 
 Keys. A light pre-pass over the planned read tasks (Ray Data, in parallel) parses every record
 and keeps one key row per valid record that has a trajectory: ``sample_id`` (content hash),
-``phash`` (64-bit DCT perceptual hash of the first input image, null without images) and
-``thumb`` (its 32x32 greyscale thumbnail), ``qkey`` (hash of the normalised question:
-lower-cased, tags such as ``<image>`` dropped, runs of non-alphanumerics read as one space), and
-where it sits (``file``, ``idx``). The key rows go to Parquet; DuckDB groups them out of core
-(a database file in the run's work dir, spilling beyond its memory limit), so neither the driver
-nor any worker holds the corpus.
+``qkey`` (hash of the normalised question: lower-cased, tags such as ``<image>`` dropped, runs
+of non-alphanumerics read as one space), and of its first input image (null without images):
+``isha`` (sha256 of the bytes), ``phash`` (64-bit DCT perceptual hash), ``aspect`` (width /
+height) and ``detail`` (the image in grey, at most ``DETAIL_SIDE`` = 512 px on its long side,
+never enlarged, PNG); and where it sits (``file``, ``idx``). The key rows go to Parquet; DuckDB
+groups them out of core (a database file in the run's work dir, spilling beyond its memory
+limit), so neither the driver nor any worker holds the corpus; the heavy ``detail`` column is
+only read for pHash candidates.
 
-Verdicts (deterministic whatever the parallelism: only the order (file, idx) decides):
+Same image, at the detail that matters. Two first images are the same image when their bytes are
+identical, or when (a) their pHashes lie within ``image_hamming`` bits (candidates come from
+banding: the hash is cut into ``image_hamming + 1`` bands, and two hashes within that distance
+share a band exactly, by pigeonhole), (b) their aspect ratios differ by at most 3 %, and (c) their
+detail images match tile by tile: the larger is resampled (area) to the smaller's size, so a
+1/3 downscale is compared at its own resolution; both are blurred (Gaussian, sigma 1 px) to
+absorb resampling and JPEG ringing; the score is the largest mean absolute grey difference over
+any 8x8 px window (sliding), which must be at most ``image_max_tile_diff`` (default 5). A
+thumbnail comparison cannot do this: a tiny label — what TwI zooms for — vanishes at 32x32.
+Measured on drawn pages and matplotlib plots (tests/test_dedup.py prints the table): JPEG
+re-encodes (q75-85), 1/3 downscales and both combined score <= 3.6; one changed glyph of a 7 pt
+label on an 800x600 plot scores >= 8.4; a changed 14 px label on a 640x480 page >= 17.
+
+Verdicts (deterministic whatever the parallelism: only the order (file, idx) and content decide):
   * exact duplicate: same ``sample_id`` as a record earlier in (file, idx) order
-    -> ``duplicate_of:<its sample_id>``;
-  * near duplicate: the first input images of two records are near when their pHashes lie
-    within ``image_hamming`` bits AND their 32x32 greyscale thumbnails differ by at most
-    ``image_max_thumb_diff`` grey levels on average (the confirmation matters for charts and
-    documents drawn from one template: on the bundled corpus, different titration plots sit
-    2-6 pHash bits apart, at thumbnail differences >= 0.65, while JPEG re-encodes and 1/3
-    downscales of one image stay <= 0.54). Records are visited in (file, idx) order and each is
-    kept unless it is near a kept one (greedy, so a chain a~b~c with a !~ c keeps a and c).
-    Candidate pairs come from banding: the hash is cut into ``image_hamming + 1`` bands, and
-    two hashes within that distance share a band exactly (pigeonhole), so only hashes sharing a
-    band are compared; records with identical (pHash, thumbnail) are grouped first, so a
-    thousand copies of one image cost one comparison -> ``duplicate_of:<sample_id>``;
+    -> ``duplicate_of:<its sample_id>`` (identical content scores identically: there is nothing
+    to choose, the earliest is kept and exact duplicates never enter a best-of-N group);
+  * (image, question) group: records (exact duplicates excluded) with the same non-empty
+    normalised question whose first images are the same image as above, or which both have no
+    image. Several questions about one image are different samples; one question about two
+    images that differ only by a small label too. Records with identical (question, image
+    bytes) form one bucket; buckets are then merged greedily in (file, idx) order of their first
+    record: each joins the first earlier leader it is near, else leads (so a chain a~b~c with
+    a !~ c gives {a, b} and {c}), and identical copies cost one comparison. Groups of two or more
+    members are written to ``groups.parquet`` (file, idx, sample_id, dedup_group = sample_id of
+    the group's first record); they are NOT rejected here: every member is replayed, judged and
+    routed, and pipeline.best_of_n keeps the best N by score after routing, rejecting the others
+    as ``duplicate_of:<kept id>``. A JPEG re-encode or downscale of a record asked the same
+    question therefore lands in its group and competes on score (ties prefer the larger image);
   * contamination: the normalised question equals a benchmark question, or the first image is
-    near a benchmark image (pHash within ``benchmark_image_hamming`` bits, same thumbnail
-    confirmation) -> ``contaminated:<benchmark name>`` (one reason per benchmark).
+    the same image as a benchmark image (pHash within ``benchmark_image_hamming`` bits, same
+    aspect and detail test) -> ``contaminated:<benchmark name>`` (one reason per benchmark).
 
-Only the flagged records (the losers, a small set) come back to the driver; they ride along with
-their read tasks into the main pass, where ingest fills ``duplicate_of`` / ``contaminated_by``
-and routing turns them into reasons.
+Only the flagged records (exact duplicates and contaminated: a small set) come back to the
+driver; they ride along with their read tasks into the main pass, where ingest fills
+``duplicate_of`` / ``contaminated_by`` and routing turns them into reasons. Group membership
+stays on disk (``groups.parquet``) until the best-of-N pass reads it.
 
 Benchmark file (``--benchmark FILE``): JSONL, one ``{"name": ..., "question": ...?,
 "image": ...?}`` per line; ``image`` is a path (relative to the file), base64 or a data URL.
@@ -41,14 +60,16 @@ import bisect
 import hashlib
 import io
 import json
+import math
 import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import cv2
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -61,18 +82,35 @@ from pipeline.ingest import read_task, task_from_batch
 from pipeline.sources import ReadTask
 from schemas import sample as S
 
-KEY_SID, KEY_FILE, KEY_IDX, KEY_PHASH, KEY_THUMB, KEY_QKEY = "sample_id", "file", "idx", "phash", "thumb", "qkey"
-THUMB_SIDE = 32
+KEY_SID, KEY_FILE, KEY_IDX, KEY_QKEY = "sample_id", "file", "idx", "qkey"
+KEY_ISHA, KEY_PHASH, KEY_ASPECT, KEY_DETAIL = "isha", "phash", "aspect", "detail"
 KEY_SCHEMA = pa.schema(
     [
         pa.field(KEY_SID, pa.string()),
         pa.field(KEY_FILE, pa.string()),
         pa.field(KEY_IDX, pa.int64()),
-        pa.field(KEY_PHASH, pa.int64()),
-        pa.field(KEY_THUMB, pa.binary()),
         pa.field(KEY_QKEY, pa.string()),
+        pa.field(KEY_ISHA, pa.string()),
+        pa.field(KEY_PHASH, pa.int64()),
+        pa.field(KEY_ASPECT, pa.float64()),
+        pa.field(KEY_DETAIL, pa.binary()),
     ]
 )
+# groups.parquet: one row per member of an (image, question) group of two or more records
+GROUP_SCHEMA = pa.schema(
+    [
+        pa.field(KEY_FILE, pa.string()),
+        pa.field(KEY_IDX, pa.int64()),
+        pa.field(KEY_SID, pa.string()),
+        pa.field(S.DEDUP_GROUP, pa.string()),
+    ]
+)
+GROUPS_FILE = "groups.parquet"
+THUMB_SIDE = 32  # the pHash is computed on this thumbnail
+DETAIL_SIDE = 512  # detail images: at most this many px on the long side
+DETAIL_BLUR_SIGMA = 1.0
+DETAIL_WINDOW = 8  # px, sliding window of the local difference
+MAX_ASPECT_RATIO_DIFF = 0.03
 _TAG = re.compile(r"<[^<>\n]{1,40}>")
 
 
@@ -81,31 +119,63 @@ class BenchmarkError(ValueError):
 
 
 # --- keys ----------------------------------------------------------------------------------
-def image_keys(data: bytes) -> tuple[int, bytes]:
-    """(64-bit DCT perceptual hash as a signed int64, 32x32 greyscale thumbnail bytes) of encoded
-    image bytes. The pHash is the signs of the 8x8 lowest frequencies of the thumbnail's DCT
-    relative to their median."""
+class ImageKeys(NamedTuple):
+    phash: int  # signed int64
+    aspect: float  # width / height
+    detail: bytes  # PNG, grey, long side <= DETAIL_SIDE
+
+
+def image_keys(data: bytes) -> ImageKeys:
+    """Keys of encoded image bytes. The pHash is the signs of the 8x8 lowest frequencies of the
+    32x32 grey thumbnail's DCT relative to their median."""
     with Image.open(io.BytesIO(data)) as im:
-        im.draft("L", (2 * THUMB_SIDE, 2 * THUMB_SIDE))  # JPEG decodes at reduced size
-        small = im.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    pixels = np.asarray(small, dtype=np.uint8)
-    low = dctn(pixels.astype(np.float64), norm="ortho")[:8, :8].ravel()
+        width, height = im.size
+        im.draft("L", (DETAIL_SIDE, DETAIL_SIDE))  # JPEG decodes at a reduced size >= requested
+        grey = im.convert("L")
+    grey.thumbnail((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.LANCZOS)
+    small = grey.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    low = dctn(np.asarray(small, dtype=np.float64), norm="ortho")[:8, :8].ravel()
     value = int("".join("1" if b else "0" for b in low > np.median(low)), 2)
-    return (value - (1 << 64) if value >= 1 << 63 else value), pixels.tobytes()
+    buf = io.BytesIO()
+    grey.save(buf, format="PNG", compress_level=1)
+    return ImageKeys(value - (1 << 64) if value >= 1 << 63 else value, width / max(height, 1), buf.getvalue())
 
 
 def phash64(data: bytes) -> int:
     """The pHash of :func:`image_keys`."""
-    return image_keys(data)[0]
+    return image_keys(data).phash
 
 
-def thumb_diff(a: bytes, b: bytes) -> float:
-    """Mean absolute difference of two thumbnails, in grey levels (0..255)."""
-    return float(np.abs(np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8)).mean())
+def _grey(detail: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(detail)) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32)
+
+
+def detail_diff(a: bytes, b: bytes) -> float:
+    """Largest mean absolute grey difference (0..255) over any DETAIL_WINDOW-px window of two
+    detail images, compared at the smaller one's resolution after a light blur (module doc)."""
+    x, y = _grey(a), _grey(b)
+    if x.size > y.size:
+        x, y = y, x
+    if x.shape != y.shape:
+        y = cv2.resize(y, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA)
+    x = cv2.GaussianBlur(x, (0, 0), DETAIL_BLUR_SIGMA)
+    y = cv2.GaussianBlur(y, (0, 0), DETAIL_BLUR_SIGMA)
+    local = cv2.blur(np.abs(x - y), (DETAIL_WINDOW, DETAIL_WINDOW), borderType=cv2.BORDER_REFLECT)
+    return float(local.max())
 
 
 def hamming(a: int, b: int) -> int:
     return bin((a ^ b) & ((1 << 64) - 1)).count("1")
+
+
+def same_image(a: ImageKeys, b: ImageKeys, bits: int, max_diff: float | None) -> bool:
+    """The 'same image' test of the module doc (identical bytes are checked before, by sha)."""
+    if hamming(a.phash, b.phash) > bits:
+        return False
+    if abs(math.log(max(a.aspect, 1e-6) / max(b.aspect, 1e-6))) > math.log1p(MAX_ASPECT_RATIO_DIFF):
+        return False
+    return max_diff is None or detail_diff(a.detail, b.detail) <= max_diff
 
 
 def normalize_question(text: str | None) -> str:
@@ -126,19 +196,22 @@ def key_row(row: dict[str, Any]) -> dict[str, Any] | None:
     if row.get(S.INPUT_ERROR) or not row.get(S.TURNS):
         return None
     images = row.get(S.IMAGES) or []
-    phash, thumb = None, None
+    isha, keys = None, None
     if images:
+        isha = images[0][S.IMG_SHA256] or hashlib.sha256(images[0][S.IMG_BYTES]).hexdigest()
         try:
-            phash, thumb = image_keys(images[0][S.IMG_BYTES])
-        except Exception:  # ingest verified the bytes; a hash failure just skips the image test
-            phash, thumb = None, None
+            keys = image_keys(images[0][S.IMG_BYTES])
+        except Exception:  # ingest verified the bytes; a hash failure leaves identical bytes only
+            keys = None
     return {
         KEY_SID: row[S.SAMPLE_ID],
         KEY_FILE: row[S.SOURCE][S.SRC_FILE],
         KEY_IDX: row[S.SOURCE][S.SRC_INDEX],
-        KEY_PHASH: phash,
-        KEY_THUMB: thumb,
         KEY_QKEY: question_key(row.get(S.QUESTION)),
+        KEY_ISHA: isha,
+        KEY_PHASH: keys.phash if keys else None,
+        KEY_ASPECT: keys.aspect if keys else None,
+        KEY_DETAIL: keys.detail if keys else None,
     }
 
 
@@ -158,8 +231,7 @@ def keys_batch(batch: dict[str, Any], cfg: IngestConfig) -> Iterator[pa.Table]:
 class BenchmarkItem:
     name: str
     qkey: str | None
-    phash: int | None
-    thumb: bytes | None = None
+    image: ImageKeys | None = None
 
 
 def load_benchmark(path: Path, cfg: IngestConfig) -> list[BenchmarkItem]:
@@ -182,17 +254,17 @@ def load_benchmark(path: Path, cfg: IngestConfig) -> list[BenchmarkItem]:
             question = entry.get("question")
             if question is not None and not isinstance(question, str):
                 raise BenchmarkError(f'{where}: "question" must be a string')
-            phash, thumb = None, None
+            keys = None
             if entry.get("image") is not None:
                 ctx = RecordContext(str(path), lineno, cfg, path.parent, "benchmark")
                 try:
-                    phash, thumb = image_keys(resolve_image(entry["image"], ctx, f"bench_{lineno}")[S.IMG_BYTES])
+                    keys = image_keys(resolve_image(entry["image"], ctx, f"bench_{lineno}")[S.IMG_BYTES])
                 except InputError as exc:
                     raise BenchmarkError(f"{where}: image unusable ({exc}); fix the path or data") from exc
             qkey = question_key(question)
-            if qkey is None and phash is None:
+            if qkey is None and keys is None:
                 raise BenchmarkError(f'{where}: give a "question" or an "image" to match against')
-            items.append(BenchmarkItem(entry["name"], qkey, phash, thumb))
+            items.append(BenchmarkItem(entry["name"], qkey, keys))
     return items
 
 
@@ -212,100 +284,133 @@ def _band_values_sql(bits: int) -> str:
     return ", ".join(f"({b}, {s}, {m})" for b, s, m in _bands(bits))
 
 
+def _sql_str(path: str | Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def find_verdicts(
     key_files: list[str],
     cfg: DedupConfig,
     benchmark: list[BenchmarkItem] | None = None,
     work_dir: Path | None = None,
     memory_limit: str = "256MB",
+    groups_path: Path | None = None,
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """(file, idx) -> {duplicate_of, contaminated_by} for every flagged record (see module doc).
-    With ``work_dir`` DuckDB keeps its tables in a file there and spills beyond ``memory_limit``,
-    so the driver's memory stays bounded whatever the number of keys."""
+    With ``groups_path`` the (image, question) groups of two or more records are written there
+    (GROUP_SCHEMA). With ``work_dir`` DuckDB keeps its tables in a file there and spills beyond
+    ``memory_limit``, so the driver's memory stays bounded whatever the number of keys."""
     verdicts: dict[tuple[str, int], dict[str, Any]] = defaultdict(dict)
     if not key_files:
+        if groups_path is not None:
+            import pyarrow.parquet as pq
+
+            pq.write_table(GROUP_SCHEMA.empty_table(), groups_path)
         return {}
     if work_dir:
         (Path(work_dir) / "dedup.duckdb").unlink(missing_ok=True)
     con = duckdb.connect(str(Path(work_dir) / "dedup.duckdb") if work_dir else ":memory:")
     if work_dir:
-        con.execute(f"SET temp_directory = '{str(Path(work_dir) / 'duckdb-tmp')}'")
+        con.execute(f"SET temp_directory = {_sql_str(Path(work_dir) / 'duckdb-tmp')}")
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET threads = 2")
     con.execute("SET preserve_insertion_order = false")
-    files_sql = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in key_files) + "]"
+    files_sql = "[" + ", ".join(_sql_str(f) for f in key_files) + "]"
     con.execute(f"""
         CREATE TABLE ranked AS
-        SELECT *, row_number() OVER (PARTITION BY {KEY_SID} ORDER BY {KEY_FILE}, {KEY_IDX}) AS rn
+        SELECT {KEY_SID}, {KEY_FILE}, {KEY_IDX}, {KEY_QKEY}, {KEY_ISHA}, {KEY_PHASH}, {KEY_ASPECT},
+               row_number() OVER (PARTITION BY {KEY_SID} ORDER BY {KEY_FILE}, {KEY_IDX}) AS rn
         FROM read_parquet({files_sql})""")
+    con.execute(f"CREATE VIEW details AS SELECT {KEY_FILE}, {KEY_IDX}, {KEY_DETAIL} FROM read_parquet({files_sql})")
     if cfg.exact:
         for file, idx, sid in con.execute(f"SELECT {KEY_FILE}, {KEY_IDX}, {KEY_SID} FROM ranked WHERE rn > 1").fetchall():
             verdicts[(file, idx)][S.DUPLICATE_OF] = sid
-    if cfg.image_hamming is not None:
-        _near_duplicates(con, cfg, verdicts)
+    if groups_path is not None:
+        _groups(con, cfg, groups_path)
     if benchmark:
         _contamination(con, cfg, benchmark, verdicts)
     con.close()
     return dict(verdicts)
 
 
-def _near(phash_a: int, phash_b: int, thumb_a: bytes | None, thumb_b: bytes | None, bits: int, max_diff: float | None) -> bool:
-    if hamming(phash_a, phash_b) > bits:
-        return False
-    return max_diff is None or thumb_a is None or thumb_b is None or thumb_diff(thumb_a, thumb_b) <= max_diff
+def _fetch_keys(con: duckdb.DuckDBPyConnection, table: str) -> dict[int, ImageKeys]:
+    """ord -> ImageKeys for the rows of ``table`` (ord, file, idx, phash, aspect)."""
+    out = {}
+    for o, ph, asp, det in con.execute(f"""
+            SELECT t.ord, t.{KEY_PHASH}, t.{KEY_ASPECT}, d.{KEY_DETAIL}
+            FROM {table} t JOIN details d ON d.{KEY_FILE} = t.{KEY_FILE} AND d.{KEY_IDX} = t.{KEY_IDX}""").fetchall():
+        out[o] = ImageKeys(ph, asp, det)
+    return out
 
 
-def _near_duplicates(con: duckdb.DuckDBPyConnection, cfg: DedupConfig, verdicts: dict) -> None:
-    bits, max_diff = int(cfg.image_hamming), cfg.image_max_thumb_diff
-    # one representative per identical (pHash, thumbnail): the first in (file, idx) order
+def _groups(con: duckdb.DuckDBPyConnection, cfg: DedupConfig, groups_path: Path) -> None:
+    """(image, question) groups (module doc) -> ``groups_path``."""
+    members = "rn = 1" if cfg.exact else "TRUE"
+    # buckets of identical (question, image bytes); the representative is the first record
+    con.execute(f"""
+        CREATE TABLE members AS
+        SELECT {KEY_SID}, {KEY_FILE}, {KEY_IDX}, {KEY_QKEY}, coalesce({KEY_ISHA}, '') AS isha_k, {KEY_PHASH}, {KEY_ASPECT},
+               row_number() OVER (PARTITION BY {KEY_QKEY}, coalesce({KEY_ISHA}, '') ORDER BY {KEY_FILE}, {KEY_IDX}) AS brn
+        FROM ranked WHERE {members} AND {KEY_QKEY} IS NOT NULL""")
     con.execute(f"""
         CREATE TABLE reps AS
-        SELECT {KEY_PHASH}, {KEY_THUMB}, {KEY_SID}, {KEY_FILE}, {KEY_IDX},
-               row_number() OVER (ORDER BY {KEY_FILE}, {KEY_IDX}) AS ord
-        FROM (SELECT *, row_number() OVER (PARTITION BY {KEY_PHASH}, {KEY_THUMB} ORDER BY {KEY_FILE}, {KEY_IDX}) AS prn
-              FROM ranked WHERE rn = 1 AND {KEY_PHASH} IS NOT NULL)
-        WHERE prn = 1""")
-    con.execute(f"""
-        CREATE TABLE rep_bands AS
-        SELECT ord, {KEY_PHASH}, b, ({KEY_PHASH} >> s) & m AS v
-        FROM reps, (VALUES {_band_values_sql(bits)}) AS bands(b, s, m)""")
-    candidates = con.execute(f"""
-        SELECT DISTINCT x.ord, y.ord FROM rep_bands x JOIN rep_bands y
-          ON x.b = y.b AND x.v = y.v AND x.ord < y.ord
-        WHERE bit_count(xor(x.{KEY_PHASH}, y.{KEY_PHASH})) <= {bits}""").fetchall()
-    involved = sorted({o for p in candidates for o in p})
-    info: dict[int, tuple[str, str, int, int, bytes | None]] = {}
-    if involved:
-        con.execute("CREATE TEMP TABLE involved(ord BIGINT)")
-        con.executemany("INSERT INTO involved VALUES (?)", [(o,) for o in involved])
-        for o, sid, f, i, ph, th in con.execute(f"""
-                SELECT r.ord, r.{KEY_SID}, r.{KEY_FILE}, r.{KEY_IDX}, r.{KEY_PHASH}, r.{KEY_THUMB}
-                FROM reps r JOIN involved USING (ord)""").fetchall():
-            info[o] = (sid, f, i, ph, th)
-    earlier: dict[int, list[int]] = defaultdict(list)
-    for a, b in candidates:
-        if _near(info[a][3], info[b][3], info[a][4], info[b][4], bits, max_diff):
+        SELECT *, row_number() OVER (ORDER BY {KEY_FILE}, {KEY_IDX}) AS ord FROM members WHERE brn = 1""")
+    con.execute("CREATE TABLE follow(ord BIGINT, leader BIGINT)")
+    if cfg.image_hamming is not None:
+        bits = int(cfg.image_hamming)
+        con.execute(f"""
+            CREATE TABLE rep_bands AS
+            SELECT ord, {KEY_QKEY}, {KEY_PHASH}, b, ({KEY_PHASH} >> s) & m AS v
+            FROM reps, (VALUES {_band_values_sql(bits)}) AS bands(b, s, m) WHERE {KEY_PHASH} IS NOT NULL""")
+        candidates = con.execute(f"""
+            SELECT DISTINCT x.ord, y.ord FROM rep_bands x JOIN rep_bands y
+              ON x.b = y.b AND x.v = y.v AND x.{KEY_QKEY} = y.{KEY_QKEY} AND x.ord < y.ord
+            WHERE bit_count(xor(x.{KEY_PHASH}, y.{KEY_PHASH})) <= {bits}""").fetchall()
+        earlier: dict[int, list[int]] = defaultdict(list)
+        for a, b in candidates:
             earlier[b].append(a)
-    winner: dict[int, int] = {}  # loser ord -> the kept ord it duplicates
-    for o in involved:  # ascending (file, idx) order: greedy keep-first
-        kept_before = [a for a in sorted(earlier.get(o, [])) if a not in winner]
-        if kept_before:
-            winner[o] = kept_before[0]
-    for o, w in winner.items():
-        verdicts[(info[o][1], info[o][2])].setdefault(S.DUPLICATE_OF, info[w][0])
-    # records identical to a representative (same pHash and thumbnail) follow it
-    for f, i, o, rep_sid in con.execute(f"""
-            SELECT k.{KEY_FILE}, k.{KEY_IDX}, r.ord, r.{KEY_SID}
-            FROM ranked k JOIN reps r ON k.{KEY_PHASH} = r.{KEY_PHASH} AND k.{KEY_THUMB} = r.{KEY_THUMB}
-            WHERE k.rn = 1 AND NOT (k.{KEY_FILE} = r.{KEY_FILE} AND k.{KEY_IDX} = r.{KEY_IDX})""").fetchall():
-        target = info[winner[o]][0] if o in winner else rep_sid
-        verdicts[(f, i)].setdefault(S.DUPLICATE_OF, target)
+        involved = sorted({o for p in candidates for o in p})
+        keys: dict[int, ImageKeys] = {}
+        if involved:
+            con.execute("CREATE TEMP TABLE involved(ord BIGINT)")
+            con.executemany("INSERT INTO involved VALUES (?)", [(o,) for o in involved])
+            con.execute(f"""CREATE TEMP TABLE involved_keys AS
+                SELECT r.ord, r.{KEY_FILE}, r.{KEY_IDX}, r.{KEY_PHASH}, r.{KEY_ASPECT} FROM reps r JOIN involved USING (ord)""")
+            keys = _fetch_keys(con, "involved_keys")
+        leader: dict[int, int] = {}  # follower ord -> leader ord
+        for o in involved:  # ascending (file, idx) order: greedy, each joins the first near leader
+            for a in sorted(earlier.get(o, [])):
+                if a not in leader and same_image(keys[a], keys[o], bits, cfg.image_max_tile_diff):
+                    leader[o] = a
+                    break
+        if leader:
+            con.executemany("INSERT INTO follow VALUES (?, ?)", list(leader.items()))
+    con.execute(f"""
+        COPY (
+          WITH m AS (
+            SELECT x.{KEY_FILE}, x.{KEY_IDX}, x.{KEY_SID}, coalesce(f.leader, r.ord) AS g
+            FROM members x JOIN reps r ON x.{KEY_QKEY} = r.{KEY_QKEY} AND x.isha_k = r.isha_k
+            LEFT JOIN follow f ON f.ord = r.ord),
+          sized AS (SELECT *, count(*) OVER (PARTITION BY g) AS n FROM m)
+          SELECT s.{KEY_FILE}, s.{KEY_IDX}, s.{KEY_SID}, r.{KEY_SID} AS {S.DEDUP_GROUP}
+          FROM sized s JOIN reps r ON r.ord = s.g WHERE s.n > 1
+          ORDER BY s.{KEY_FILE}, s.{KEY_IDX}
+        ) TO {_sql_str(groups_path)} (FORMAT parquet)""")
+
+
+def read_groups(groups_path: Path) -> dict[tuple[str, int], str]:
+    """(file, idx) -> dedup_group of a groups file (small inputs: tests and inspection)."""
+    rows = duckdb.connect().execute(
+        f"SELECT {KEY_FILE}, {KEY_IDX}, {S.DEDUP_GROUP} FROM read_parquet({_sql_str(groups_path)})"
+    ).fetchall()
+    return {(f, i): g for f, i, g in rows}
 
 
 def _contamination(con: duckdb.DuckDBPyConnection, cfg: DedupConfig, benchmark: list[BenchmarkItem], verdicts: dict) -> None:
     con.execute("CREATE TEMP TABLE bench(k INTEGER, name VARCHAR, qkey VARCHAR, phash BIGINT)")
     con.executemany(
-        "INSERT INTO bench VALUES (?, ?, ?, ?)", [(k, b.name, b.qkey, b.phash) for k, b in enumerate(benchmark)]
+        "INSERT INTO bench VALUES (?, ?, ?, ?)",
+        [(k, b.name, b.qkey, b.image.phash if b.image else None) for k, b in enumerate(benchmark)],
     )
     hits: dict[tuple[str, int], set[str]] = defaultdict(set)
     if cfg.benchmark_questions:
@@ -313,19 +418,22 @@ def _contamination(con: duckdb.DuckDBPyConnection, cfg: DedupConfig, benchmark: 
                 SELECT k.{KEY_FILE}, k.{KEY_IDX}, b.name FROM ranked k JOIN bench b ON k.{KEY_QKEY} = b.qkey""").fetchall():
             hits[(f, i)].add(name)
     if cfg.benchmark_image_hamming is not None:
-        bits = cfg.benchmark_image_hamming
+        bits = int(cfg.benchmark_image_hamming)
         bands = _band_values_sql(bits)
-        max_diff = cfg.image_max_thumb_diff
-        for f, i, thumb, k in con.execute(f"""
-                WITH kb AS (SELECT {KEY_FILE}, {KEY_IDX}, {KEY_PHASH}, {KEY_THUMB}, b, ({KEY_PHASH} >> s) & m AS v
-                            FROM ranked, (VALUES {bands}) AS bands(b, s, m) WHERE {KEY_PHASH} IS NOT NULL),
-                     bb AS (SELECT k, phash, b, (phash >> s) & m AS v
-                            FROM bench, (VALUES {bands}) AS bands(b, s, m) WHERE phash IS NOT NULL)
-                SELECT DISTINCT kb.{KEY_FILE}, kb.{KEY_IDX}, kb.{KEY_THUMB}, bb.k
-                FROM kb JOIN bb ON kb.b = bb.b AND kb.v = bb.v
-                WHERE bit_count(xor(kb.{KEY_PHASH}, bb.phash)) <= {int(bits)}""").fetchall():
+        con.execute(f"""
+            CREATE TEMP TABLE bench_hits AS
+            WITH kb AS (SELECT {KEY_FILE}, {KEY_IDX}, {KEY_PHASH}, {KEY_ASPECT}, b, ({KEY_PHASH} >> s) & m AS v
+                        FROM ranked, (VALUES {bands}) AS bands(b, s, m) WHERE {KEY_PHASH} IS NOT NULL),
+                 bb AS (SELECT k, phash, b, (phash >> s) & m AS v
+                        FROM bench, (VALUES {bands}) AS bands(b, s, m) WHERE phash IS NOT NULL)
+            SELECT DISTINCT kb.{KEY_FILE}, kb.{KEY_IDX}, kb.{KEY_PHASH}, kb.{KEY_ASPECT}, bb.k
+            FROM kb JOIN bb ON kb.b = bb.b AND kb.v = bb.v
+            WHERE bit_count(xor(kb.{KEY_PHASH}, bb.phash)) <= {bits}""")
+        for f, i, ph, asp, det, k in con.execute(f"""
+                SELECT h.{KEY_FILE}, h.{KEY_IDX}, h.{KEY_PHASH}, h.{KEY_ASPECT}, d.{KEY_DETAIL}, h.k
+                FROM bench_hits h JOIN details d ON d.{KEY_FILE} = h.{KEY_FILE} AND d.{KEY_IDX} = h.{KEY_IDX}""").fetchall():
             item = benchmark[k]
-            if max_diff is None or item.thumb is None or thumb is None or thumb_diff(thumb, item.thumb) <= max_diff:
+            if same_image(ImageKeys(ph, asp, det), item.image, bits, cfg.image_max_tile_diff):
                 hits[(f, i)].add(item.name)
     for where, names in hits.items():
         verdicts[where][S.CONTAMINATED_BY] = sorted(names)

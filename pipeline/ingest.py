@@ -12,8 +12,10 @@ machine-readable kind (routing turns it into ``invalid_input:<kind>``) and its r
 (truncated). Kinds: non_utf8, malformed_json, not_an_object, unknown_format, missing_field:<f>,
 wrong_type, empty_trajectory, missing_image, remote_image, corrupt_image, image_too_large,
 decompression_bomb, image_placeholder_mismatch, unterminated_code, unterminated_answer,
-unterminated_observation, orphan_observation, unsupported_turns, unsupported_tool,
-unreadable_image, unreadable_file, truncated_file, unreadable_record, and
+unterminated_observation, orphan_observation, unsupported_turns,
+unreadable_image, unreadable_file, truncated_file, unreadable_record, binary_file:<what> (a
+pickle, archive, image... given as input: one row, never deserialised, see pipeline.sources),
+unsupported_tool:<name> (a tool the sandbox cannot have), and
 adapter_error:<exception type> for an input shape no adapter anticipated.
 """
 
@@ -30,7 +32,7 @@ import pyarrow as pa
 
 from pipeline import sources
 from pipeline.config import IngestConfig
-from pipeline.formats import BY_NAME, detect_adapter, get_adapter
+from pipeline.formats import detect_adapter, find_adapter, get_adapter
 from pipeline.formats.base import (  # noqa: F401  (re-exported: ingest's public names)
     InputError,
     RecordContext,
@@ -115,6 +117,8 @@ def _decode(payload: bytes | dict[str, Any] | Exception) -> Any:
     """A payload from pipeline.sources -> the parsed record; InputError for unreadable ones."""
     if isinstance(payload, dict):
         return payload
+    if isinstance(payload, sources.BinaryInput):
+        raise InputError(f"binary_file:{payload.what}", str(payload))
     if isinstance(payload, UnicodeError):
         raise InputError("non_utf8", str(payload))
     if isinstance(payload, EOFError):
@@ -159,7 +163,7 @@ def choose_adapter(record: Any, file_format: str, forced: bool):
         raise InputError("not_an_object", f"got {type(record).__name__}")
     if forced:
         return get_adapter(file_format)
-    adapter = detect_adapter(record) or BY_NAME.get(file_format)
+    adapter = detect_adapter(record) or find_adapter(file_format)
     if adapter is None:
         keys = ", ".join(sorted(str(k) for k in record)[:12])
         raise InputError("unknown_format", f"no adapter recognises a record with keys {keys}")
@@ -185,7 +189,7 @@ def parse_payload(
                             dataset=_default_dataset(file))
         return adapter.to_row(record, ctx)
     except InputError as exc:
-        return invalid_row(file, index, _raw_text(payload, cfg.raw_keep_chars), exc.kind, cfg, used)
+        return invalid_row(file, index, _raw_text(payload, cfg.raw_keep_chars), exc.kind, cfg, used, exc.detail)
     except Exception as exc:  # an input shape no adapter anticipated: still exactly one row, with the reason
         kind = f"adapter_error:{type(exc).__name__}"
         return invalid_row(file, index, _raw_text(payload, cfg.raw_keep_chars) or repr(exc), kind, cfg, used)
@@ -203,8 +207,10 @@ def _default_dataset(file: str) -> str:
     return path.stem
 
 
-def invalid_row(file: str, index: int, raw: str, kind: str, cfg: IngestConfig, fmt: str = UNKNOWN_FORMAT) -> dict[str, Any]:
-    """The row of an unusable record: its error kind and (truncated) raw text."""
+def invalid_row(
+    file: str, index: int, raw: str, kind: str, cfg: IngestConfig, fmt: str = UNKNOWN_FORMAT, detail: str = ""
+) -> dict[str, Any]:
+    """The row of an unusable record: its error kind, what exactly is wrong, and (truncated) raw text."""
     raw = raw.encode("utf-8", "replace").decode("utf-8")[: cfg.raw_keep_chars]
     row = S.empty_row()
     row.update(
@@ -216,6 +222,7 @@ def invalid_row(file: str, index: int, raw: str, kind: str, cfg: IngestConfig, f
             S.IMAGES: [],
             S.TURNS: [],
             S.INPUT_ERROR: kind,
+            S.INPUT_DETAIL: detail[:2000] or None,
             S.RAW: raw,
         }
     )

@@ -1,9 +1,17 @@
-"""The run manifest: counts read back from the written shards, so it proves what is on disk."""
+"""The run manifest: counts read back from the written shards, so it proves what is on disk.
+
+``replay_env`` counts the samples whose replay hit a gap of the replay environment (see
+pipeline.replay): ``{"samples": N, "by_kind": {"module": n, "tool": n, "file": n},
+"gaps": {"module:networkx": 37, ...}, "gaps_not_listed": k}`` — samples per gap, most frequent
+first, at most MAX_LISTED_GAPS listed. :func:`replay_env_advice` turns it into the lines the run
+ends with: what is missing and what to do about it.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -14,6 +22,7 @@ from pipeline.shards import VIEW, connect
 from schemas import sample as S
 
 MANIFEST = "manifest.json"
+MAX_LISTED_GAPS = 100
 _VERSIONED = ("twi-curate", "ray", "pyarrow", "duckdb", "numpy", "pillow", "opencv-python-headless",
               "scikit-image")
 
@@ -47,6 +56,10 @@ def shard_counts(out_dir: Path) -> dict[str, Any]:
         f"SELECT count(*) FROM {VIEW} WHERE {S.ROUTE} = 'rejected' AND len(coalesce({S.ROUTE_REASONS}, [])) = 0"
     )[0][0]
     total, distinct = q(f"SELECT count(*), count(DISTINCT {S.SAMPLE_ID}) FROM {VIEW}")[0]
+    gap_rows = f"(SELECT {S.SOURCE} AS src, unnest({S.REPLAY_ENV}) AS gap FROM {VIEW})"
+    gaps = q(f"SELECT gap, count(DISTINCT src) FROM {gap_rows} GROUP BY 1 ORDER BY 2 DESC, 1")
+    by_kind = dict(q(f"SELECT split_part(gap, ':', 1), count(DISTINCT src) FROM {gap_rows} GROUP BY 1 ORDER BY 1"))
+    with_gap = q(f"SELECT count(*) FROM {VIEW} WHERE len(coalesce({S.REPLAY_ENV}, [])) > 0")[0][0]
     return {
         "output_records": total,
         "distinct_sample_ids": distinct,
@@ -54,7 +67,53 @@ def shard_counts(out_dir: Path) -> dict[str, Any]:
         "by_discipline": by_discipline,
         "reasons": reasons,
         "rejected_without_reason": rejected_without_reason,
+        "replay_env": {
+            "samples": with_gap,
+            "by_kind": {k: by_kind.get(k, 0) for k in S.REPLAY_ENV_KINDS} | by_kind,
+            "gaps": dict(gaps[:MAX_LISTED_GAPS]),
+            "gaps_not_listed": max(0, len(gaps) - MAX_LISTED_GAPS),
+        },
     }
+
+
+# import name -> the package to install, where they differ
+PIP_NAMES = {"cv2": "opencv-python-headless", "PIL": "pillow", "sklearn": "scikit-learn", "skimage": "scikit-image",
+             "yaml": "pyyaml", "bs4": "beautifulsoup4", "fitz": "pymupdf", "Bio": "biopython", "rdkit": "rdkit"}
+
+
+def replay_env_advice(manifest: dict[str, Any]) -> list[str]:
+    """One line per replay-environment gap of a run (files summed up in one line): how many
+    samples need it and what to do. [] when the replay lacked nothing."""
+    env = manifest.get("replay_env") or {}
+    gaps: dict[str, int] = env.get("gaps") or {}
+    lines = []
+    for gap, n in gaps.items():
+        kind, _, name = gap.partition(":")
+        samples, need = (f"{n} samples", "need") if n != 1 else ("1 sample", "needs")
+        if kind == "module":
+            pip = PIP_NAMES.get(name, name)
+            lines.append(
+                f"{samples} {need} module {name}: install it in the replay environment "
+                f"(pip install {pip} in the venv the sandbox runs: {sys.executable} -m pip install {pip}) "
+                "and rerun"
+            )
+        elif kind == "tool":
+            lines.append(
+                f"{samples} {need} tool function {name}: the trajectories call {name}(...), which their own "
+                f"environment provided and the replay does not define; they were rejected with "
+                f"replay_env:tool:{name} (replay them where {name} exists, or drop them)"
+            )
+    n_files = (env.get("by_kind") or {}).get("file", 0)
+    if n_files:
+        files = [g.partition(":")[2] for g in gaps if g.startswith("file:")]
+        shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 or env.get("gaps_not_listed") else "")
+        what = f"{n_files} samples reference files that were" if n_files != 1 else "1 sample references a file that was"
+        lines.append(
+            f"{what} not found ({shown}): "
+            "pass --image-root DIR (where relative paths and bare file names are looked up) or set "
+            "ingest.path_map (old prefix -> new prefix) in the config, and rerun"
+        )
+    return lines
 
 
 def judge_agreement(out_dir: Path, cfg: RunConfig) -> dict[str, Any]:

@@ -4,13 +4,40 @@ One sandbox per Ray actor (expensive setup once, in ``__init__``). Per cell the 
 status, stdout, error, duration, produced images and its fidelity to the recorded observation;
 per sample ``replay_status`` sums it up:
   ``not_run`` (invalid input), ``no_code``, ``ok`` (every cell ok), or the worst cell status
-  (``forbidden`` > ``memory`` > ``timeout`` > ``killed`` > ``error``).
+  (``forbidden`` > ``replay_env`` > ``memory`` > ``timeout`` > ``killed`` > ``error``).
+
+Replay-environment gaps (``replay_env``). The trajectory was recorded in an environment this
+replay may not have. A cell the sandbox reports as ``error`` gets status ``replay_env`` and its
+gap ``<kind>:<name>`` (cell ``env_gap``; the row's ``replay_env`` lists every gap in cell order)
+when its final exception is one of these, and the recorded observation of that cell does not show
+the same exception (a recorded error that the replay reproduces is the trajectory's own):
+
+* ``module:<top-level package>`` — ``ModuleNotFoundError`` / ``ImportError: No module named 'x.y'``
+  (``module:x``): the module is not installed in the environment the sandbox runs.
+* ``tool:<name>`` — ``NameError: name 'f' is not defined`` where the trajectory *calls* ``f(...)``
+  and no cell defines, imports or assigns ``f``: a tool function its own environment provided.
+  (A name that is used but not called, e.g. a misspelt variable, stays a code ``error``.)
+* ``file:<path>`` — ``FileNotFoundError`` for a path the record itself references (named in the
+  question text, or one of its images' paths or file names, compared by base name), or a failure
+  on a ``None`` image (``'NoneType' object ...``, OpenCV's ``!_src.empty()``) after
+  ``cv2.imread`` of such a path.
+* Consequences: a later ``NameError`` on a name that only a gap cell binds (``nx`` after
+  ``import networkx as nx`` failed) gets that cell's gap.
+
+Classification happens here, in the parent, from the error text the sandbox returned and the
+trajectory's code: the cells' own process is never trusted to report it. A gap can only ever
+reject a sample (routing: ``replay_env:<kind>:<name>``), so a cell that fakes one gains nothing.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import io
+import posixpath
+import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -22,7 +49,7 @@ from pipeline.sandbox import InputImage
 from pipeline.sandbox.levels import make_sandbox, sandbox_limits, sandbox_uid
 from schemas import sample as S
 
-STATUS_SEVERITY = ("forbidden", "memory", "timeout", "killed", "error")
+STATUS_SEVERITY = ("forbidden", S.REPLAY_ENV_STATUS, "memory", "timeout", "killed", "error")
 
 
 class SandboxBrokenError(RuntimeError):
@@ -55,8 +82,158 @@ def _png_size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
+# --- replay-environment gaps ----------------------------------------------------------------
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$")
+_NO_MODULE = re.compile(r"No module named '([^']+)'")
+_NAME_UNDEFINED = re.compile(r"^name '([^']+)' is not defined")
+_NO_FILE = re.compile(r"No such file or directory: '([^']*)'")
+_NONE_IMAGE = ("'NoneType' object", "!_src.empty()", "!ssize.empty()", "!_img.empty()", "src.empty()")
+_BUILTINS = frozenset(dir(builtins))
+
+
+def final_exception(error: str) -> tuple[str, str]:
+    """(exception type without its module, message) of the last exception in a traceback text."""
+    lines = error.splitlines()
+    start = max((i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")),
+                default=-1)
+    for line in lines[start + 1:]:
+        if not line or line[0].isspace():
+            continue
+        m = _EXC_LINE.match(line)
+        if m:
+            return m.group(1).rsplit(".", 1)[-1], m.group(2) or ""
+    return "", ""
+
+
+@dataclass(frozen=True)
+class _CellNames:
+    bound: frozenset[str]  # names the cell defines, imports or assigns
+    called: frozenset[str]  # names the cell calls as f(...)
+    imreads: tuple[Any, ...]  # the first argument node of each cv2.imread(...) call
+    literals: dict[str, str]  # name = "string constant" assignments
+
+
+def _cell_names(code: str) -> _CellNames:
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return _CellNames(frozenset(), frozenset(), (), {})
+    bound: set[str] = set()
+    called: set[str] = set()
+    imreads: list[Any] = []
+    literals: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            bound.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.Import):
+            bound.update((a.asname or a.name.split(".")[0]) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            bound.update((a.asname or a.name) for a in node.names)
+        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            bound.update(node.names)
+        elif isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name):
+                called.add(node.func.id)
+            elif isinstance(node.func, ast.Attribute) and node.func.attr == "imread" and node.args:
+                imreads.append(node.args[0])
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    literals[target.id] = node.value.value
+    return _CellNames(frozenset(bound), frozenset(called), tuple(imreads), literals)
+
+
+def _record_references(row: dict[str, Any]) -> tuple[str, set[str], set[str]]:
+    """(question text, image paths and names, their base names) of a record."""
+    paths = {p for img in row.get(S.IMAGES) or [] for p in (img.get(S.IMG_PATH), img.get(S.IMG_NAME)) if p}
+    return row.get(S.QUESTION) or "", paths, {posixpath.basename(p) for p in paths}
+
+
+def _referenced(path: str, refs: tuple[str, set[str], set[str]]) -> bool:
+    """True when the record itself names ``path`` (in its question, or as an image path or name)."""
+    question, paths, bases = refs
+    if not path:
+        return False
+    base = posixpath.basename(path.removeprefix("file://"))
+    return path in paths or path in question or (bool(base) and base in bases)
+
+
+def _reproduced(signature: str, recorded: str | None) -> bool:
+    """The recorded observation already shows this failure: the trajectory's own, not a gap."""
+    return bool(recorded) and bool(signature) and signature in recorded
+
+
+def classify_env_gaps(
+    codes: list[str], statuses: list[str], errors: list[str], recorded: list[str | None], row: dict[str, Any]
+) -> list[str | None]:
+    """Per cell, its replay-environment gap ``<kind>:<name>`` or None (see the module docstring).
+
+    ``codes``/``statuses``/``errors``/``recorded`` are per replayed cell: its code, the sandbox's
+    status and error text, and the trajectory's recorded observation text."""
+    names = [_cell_names(c) for c in codes]
+    all_bound = frozenset().union(*(n.bound for n in names)) if names else frozenset()
+    all_called = frozenset().union(*(n.called for n in names)) if names else frozenset()
+    literals: dict[str, str] = {}
+    refs = _record_references(row)
+    gaps: list[str | None] = []
+    gap_bindings: list[tuple[frozenset[str], str]] = []  # names bound by cells that hit a gap
+    for k, (status, error) in enumerate(zip(statuses, errors, strict=True)):
+        literals.update(names[k].literals)
+        gap = None
+        if status == "error" and error:
+            exc_type, message = final_exception(error)
+            gap, signature = _gap_of(
+                exc_type, message, names[: k + 1], literals, all_bound, all_called, gap_bindings, refs
+            )
+            if gap is not None and _reproduced(signature, recorded[k]):
+                gap = None
+        if gap is not None:
+            gap_bindings.append((names[k].bound, gap))
+        gaps.append(gap)
+    return gaps
+
+
+def _gap_of(
+    exc_type: str, message: str, names: list[_CellNames], literals: dict[str, str], all_bound: frozenset[str],
+    all_called: frozenset[str], gap_bindings: list[tuple[frozenset[str], str]], refs: tuple[str, set[str], set[str]],
+) -> tuple[str | None, str]:
+    """(gap or None, the text that shows the same failure in a recorded observation)."""
+    if exc_type in ("ModuleNotFoundError", "ImportError"):
+        m = _NO_MODULE.search(message)
+        return (f"module:{m.group(1).split('.')[0]}", m.group(0)) if m and m.group(1) else (None, "")
+    if exc_type == "NameError":
+        m = _NAME_UNDEFINED.match(message)
+        if not m:
+            return None, ""
+        name, signature = m.group(1), m.group(0)
+        for bound, gap in gap_bindings:
+            if name in bound or "*" in bound:
+                return gap, signature  # a consequence of an earlier gap (a failed import binds nothing)
+        if name in all_called and name not in all_bound and name not in _BUILTINS:
+            return f"tool:{name}", signature
+        return None, ""
+    if exc_type == "FileNotFoundError":
+        m = _NO_FILE.search(message)
+        return (f"file:{m.group(1)}", m.group(0)) if m and _referenced(m.group(1), refs) else (None, "")
+    if any(sig in message for sig in _NONE_IMAGE):  # cv2.imread returned None for a missing file
+        for cell in names:
+            for arg in cell.imreads:
+                path = arg.value if isinstance(arg, ast.Constant) else literals.get(getattr(arg, "id", ""))
+                if isinstance(path, str) and _referenced(path, refs):
+                    return f"file:{path}", message.strip()[:80]
+    return None, ""
+
+
 def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
-    """Fill REPLAY and REPLAY_STATUS of one canonical row."""
+    """Fill REPLAY, REPLAY_STATUS and REPLAY_ENV of one canonical row."""
+    row[S.REPLAY_ENV] = []
     if row.get(S.INPUT_ERROR):
         row[S.REPLAY], row[S.REPLAY_STATUS] = [], "not_run"
         return row
@@ -67,9 +244,14 @@ def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
         return row
     inputs = [InputImage(name=img[S.IMG_NAME] or f"input_{k}.png", data=img[S.IMG_BYTES], path=img[S.IMG_PATH] or "")
               for k, img in enumerate(row[S.IMAGES] or [])]
-    outcomes = sandbox.replay([turns[i][S.TURN_CODE] for i in code_turns], inputs)
+    codes = [turns[i][S.TURN_CODE] for i in code_turns]
+    outcomes = sandbox.replay(codes, inputs)
+    gaps = classify_env_gaps(
+        codes, [o.status for o in outcomes], [o.error for o in outcomes],
+        [turns[i][S.TURN_OBS_TEXT] for i in code_turns], row,
+    )
     cells = []
-    for cell_index, (turn_index, out) in enumerate(zip(code_turns, outcomes, strict=True)):
+    for cell_index, (turn_index, out, gap) in enumerate(zip(code_turns, outcomes, gaps, strict=True)):
         turn = turns[turn_index]
         images = [S.image_record(name, data, *_png_size(data)) for name, data in out.images]
         replayed_text = out.stdout + ("\n" + out.error if out.error else "")
@@ -83,16 +265,18 @@ def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
             {
                 S.CELL_INDEX: cell_index,
                 S.CELL_TURN: turn_index,
-                S.CELL_STATUS: out.status,
+                S.CELL_STATUS: S.REPLAY_ENV_STATUS if gap else out.status,
                 S.CELL_STDOUT: out.stdout,
                 S.CELL_ERROR: out.error,
                 S.CELL_DURATION_MS: out.duration_ms,
                 S.CELL_IMAGES: images,
                 S.CELL_FIDELITY: fidelity,
+                S.CELL_ENV_GAP: gap,
             }
         )
     row[S.REPLAY] = cells
     row[S.REPLAY_STATUS] = summarize_status([c[S.CELL_STATUS] for c in cells])
+    row[S.REPLAY_ENV] = list(dict.fromkeys(g for g in gaps if g))
     return row
 
 

@@ -20,8 +20,9 @@ import ray
 
 from judges import metric_judges
 from pipeline import __version__
+from pipeline.best_of_n import select_best
 from pipeline.config import RunConfig
-from pipeline.dedup import attach_verdicts, find_verdicts, keys_batch, load_benchmark
+from pipeline.dedup import GROUPS_FILE, attach_verdicts, find_verdicts, keys_batch, load_benchmark
 from pipeline.ingest import (
     ReadTask,
     discover_inputs,
@@ -133,7 +134,7 @@ KEY_TASKS_PER_BATCH = 16  # the key pass has no replay behind it: bigger batches
 
 def dedup_needed(cfg: RunConfig, benchmark: list | None) -> bool:
     d = cfg.dedup
-    return bool(d.exact or d.image_hamming is not None or benchmark)
+    return bool(d.exact or d.best_of_n is not None or benchmark)
 
 
 def dedup_verdicts(
@@ -141,7 +142,8 @@ def dedup_verdicts(
 ) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, int]]:
     """Key pre-pass (Ray Data, window by window: parse, hash, append key rows to
     ``work_dir/keys``), then the verdicts with DuckDB (pipeline.dedup). Returns the verdicts of
-    the flagged records only, and counts for the manifest."""
+    the flagged records only, and counts for the manifest; with ``dedup.best_of_n`` the
+    (image, question) groups go to ``work_dir/groups.parquet`` for :func:`best_of_n`."""
     if not dedup_needed(cfg, benchmark):
         return {}, {}
     keys_dir = work_dir / "keys"
@@ -154,12 +156,25 @@ def dedup_verdicts(
             num_cpus=TASK_CPUS,
         )
         ds.write_parquet(str(keys_dir))
-    verdicts = find_verdicts(sorted(str(p) for p in keys_dir.rglob("*.parquet")), cfg.dedup, benchmark, work_dir)
+    groups = work_dir / GROUPS_FILE if cfg.dedup.best_of_n is not None else None
+    verdicts = find_verdicts(
+        sorted(str(p) for p in keys_dir.rglob("*.parquet")), cfg.dedup, benchmark, work_dir, groups_path=groups
+    )
     counts = {
         "duplicates": sum(1 for v in verdicts.values() if v.get(S.DUPLICATE_OF)),
         "contaminated": sum(1 for v in verdicts.values() if v.get(S.CONTAMINATED_BY)),
     }
     return verdicts, counts
+
+
+def best_of_n(staging: Path, cfg: RunConfig, lineage: dict[str, Any]) -> dict[str, int]:
+    """After the main pass: keep the best ``dedup.best_of_n`` rollouts of each (image, question)
+    group in the staged shards, reject the others (pipeline.best_of_n). Counts for the manifest."""
+    groups = staging / GROUPS_FILE
+    if cfg.dedup.best_of_n is None or not groups.is_file():
+        return {}
+    counts = select_best(staging / SHARDS_DIR, groups, cfg.dedup.best_of_n, cfg.routing, lineage, staging)
+    return {f"best_of_n_{k}": v for k, v in counts.items()}
 
 
 def dedup_tasks(
@@ -246,7 +261,9 @@ def run_pipeline(
             compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=resources["replay_cpus_per_actor"],
         )
-        judges_factory = partial(metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px)
+        judges_factory = partial(
+            metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px, cfg.routing.recovered_errors
+        )
         ds = ds.map_batches(
             JudgeStage,
             fn_constructor_kwargs={"judges_factory": judges_factory, "stage_metrics": metrics},
@@ -275,6 +292,10 @@ def run_pipeline(
         )
         ds.write_parquet(str(staging / SHARDS_DIR), partition_cols=list(S.PARTITION_COLUMNS))
     timings["execute_s"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    dedup_counts.update(best_of_n(staging, cfg, lineage) if n_tasks else {})
+    timings["best_of_n_s"] = round(time.perf_counter() - t, 3)
 
     # Swap the finished shards in only once the whole run succeeded.
     final = out_dir / SHARDS_DIR

@@ -9,6 +9,19 @@ Supported sources (a directory may hold any mix of them; found recursively, sort
     and ``state.json``; its Arrow files (``state.json``'s ``_data_files``) hold one record per
     row. A ``DatasetDict`` folder (``dataset_dict.json``) holds one such folder per split.
 
+  * VisualSketchpad output folders: a folder holding ``output.json`` beside one of
+    ``request.json``, ``ex.json``, ``example.json`` or ``usage_summary.json`` is ONE record (given
+    directly, as its ``output.json``, or found while walking a parent); the record is
+    ``{SKETCHPAD_KEY: {"task": <parent folder name>, "output": ..., "request": ..., "ex": ...,
+    "example": ...}}`` (see pipeline.formats.visualsketchpad).
+
+Binary files are never deserialised. A file given as input whose first bytes are a binary
+signature (pickle, zip: also PyTorch ``.pt`` / numpy ``.npz``, gzip, bz2, xz, zstd, zlib as
+joblib compresses, numpy ``.npy``, HDF5, images, PDF, SQLite, ELF, Parquet/Arrow under another
+suffix...), or, for a file without a known input suffix, whose head is not UTF-8 text, is ONE
+record that becomes ``invalid_input:binary_file:<what>`` (:func:`sniff_binary`); only its magic
+bytes are read.
+
 The driver only plans: it streams through each JSONL/JSON file once to find record boundaries
 (byte offsets) and reads only the metadata of Parquet/Arrow files, then emits tasks of at most
 ``records_per_task`` records ((file, byte range) or (file, row range)). Workers read their slice;
@@ -38,7 +51,70 @@ NOT_INPUTS = ("labels.jsonl", "dataset_info.json", "state.json", "dataset_dict.j
 
 KIND_JSONL, KIND_PARQUET, KIND_ARROW, KIND_UNREADABLE = "jsonl", "parquet", "arrow", "unreadable"
 KIND_JSON, KIND_JSON_VALUES = "json", "json_values"  # a top-level array / values one after another
+KIND_SKETCHPAD, KIND_BINARY = "sketchpad_folder", "binary"
+SKETCHPAD_KEY = "visualsketchpad_folder"
+SKETCHPAD_OUTPUT = "output.json"
+SKETCHPAD_SIDECARS = ("request.json", "ex.json", "example.json", "usage_summary.json")
 _CHUNK = 1 << 20
+
+
+class BinaryInput(Exception):
+    """The payload of a binary input file: ``what`` it is (from its magic bytes)."""
+
+    def __init__(self, what: str, file: str):
+        super().__init__(
+            f"{file} is a binary file ({what}), not JSON/JSONL/Parquet records; it was not opened "
+            "(pickles and other serialisations can run code when loaded): convert it to JSONL or Parquet"
+        )
+        self.what = what
+
+
+# (offset, signature, what) - the first match names the file; checked on the first 512 bytes
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"PK\x03\x04", "zip"), (0, b"PK\x05\x06", "zip"), (0, b"\x1f\x8b", "gzip"), (0, b"BZh", "bz2"),
+    (0, b"\xfd7zXZ\x00", "xz"), (0, b"\x28\xb5\x2f\xfd", "zstd"), (0, b"\x04\x22\x4d\x18", "lz4"),
+    (0, b"7z\xbc\xaf\x27\x1c", "7z"), (0, b"Rar!\x1a\x07", "rar"), (257, b"ustar", "tar"),
+    (0, b"\x93NUMPY", "npy"), (0, b"\x89HDF\r\n\x1a\n", "hdf5"), (0, b"\x89PNG\r\n\x1a\n", "png"),
+    (0, b"\xff\xd8\xff", "jpeg"), (0, b"GIF87a", "gif"), (0, b"GIF89a", "gif"), (0, b"II*\x00", "tiff"),
+    (0, b"MM\x00*", "tiff"), (0, b"%PDF", "pdf"), (0, b"SQLite format 3\x00", "sqlite"), (0, b"\x7fELF", "elf"),
+    (0, b"PAR1", "parquet"), (0, b"ARROW1", "arrow"), (0, b"\x00asm", "wasm"),
+)
+_PICKLE_TEXT = re.compile(rb"^(c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n|\((dp|lp|tp)\d*\n)")
+
+
+def sniff_binary(path: Path, text_suffix: bool = True) -> str | None:
+    """What a binary input file is (``pickle``, ``zip``, ``gzip``, ``png``, ...) from its magic
+    bytes, or None for a text file. Only the first and last bytes are read; nothing is decoded.
+    Pickles: protocol 2+ (``\\x80`` + protocol byte) or protocol 0/1 opcodes at the start, and the
+    STOP opcode ``.`` as the last byte. ``text_suffix=False`` (a file without a known input
+    suffix) also calls a head that is not UTF-8 text, or holds NUL bytes, ``data``."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+            fh.seek(max(0, size - 1))
+            last = fh.read(1)
+    except OSError:
+        return None
+    for offset, sig, what in _MAGIC:
+        if head[offset : offset + len(sig)] == sig:
+            return what
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if last == b"." and ((head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+                         or _PICKLE_TEXT.match(head) or head[:2] in (b"}q", b"]q", b"(d", b"(l")):
+        return "pickle"
+    if head[:2] in (b"x\x01", b"x\x5e", b"x\x9c", b"x\xda") and size > 2 and not text_suffix:
+        return "zlib"
+    if not text_suffix and head:
+        if b"\x00" in head:
+            return "data"
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 4:  # not just a character cut at the 512-byte boundary
+                return "data"
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,9 +166,16 @@ def source_kind(path: Path) -> str | None:
     return None
 
 
+def is_sketchpad_dir(path: Path) -> bool:
+    """A VisualSketchpad output folder: ``output.json`` beside one of its sidecar files."""
+    return (path / SKETCHPAD_OUTPUT).is_file() and any((path / s).is_file() for s in SKETCHPAD_SIDECARS)
+
+
 def _walk(folder: Path) -> list[Path]:
     if is_hf_dataset_dir(folder):
         return hf_data_files(folder)
+    if is_sketchpad_dir(folder):
+        return [folder / SKETCHPAD_OUTPUT]
     found: list[Path] = []
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):  # hidden files and folders (markers, caches) are never input
@@ -273,6 +356,16 @@ def plan_file(path: Path, per_task: int, limit: int | None) -> Iterator[ReadTask
     kind = source_kind(path) or KIND_JSONL
     file = str(path)
     produced = 0
+    if path.name == SKETCHPAD_OUTPUT and is_sketchpad_dir(path.parent):
+        if limit is None or limit > 0:
+            yield ReadTask(file, 0, 0, 1, KIND_SKETCHPAD)
+        return
+    if kind != KIND_ARROW:
+        what = sniff_binary(path, text_suffix=source_kind(path) is not None)
+        if what is not None and not (what == "parquet" and kind == KIND_PARQUET):
+            if limit is None or limit > 0:
+                yield ReadTask(file, 0, 0, 1, KIND_BINARY, note=what)
+            return
     try:
         if kind == KIND_JSON:
             layout, start = json_layout(path)
@@ -366,6 +459,12 @@ def task_payloads(task: ReadTask) -> Iterator[tuple[int, bytes | dict[str, Any] 
     try:
         if task.kind == KIND_UNREADABLE:
             raise OSError(task.note or "the file cannot be read")
+        if task.kind == KIND_BINARY:
+            yield index, BinaryInput(task.note or "data", task.file)
+            return
+        if task.kind == KIND_SKETCHPAD:
+            yield index, sketchpad_record(Path(task.file))
+            return
         if task.kind == KIND_JSONL:
             with open(task.file, "rb") as fh:
                 fh.seek(task.offset)
@@ -412,6 +511,24 @@ def task_payloads(task: ReadTask) -> Iterator[tuple[int, bytes | dict[str, Any] 
         yield index, EOFError("the file ended before this record (it changed since planning)")
         index += 1
         produced += 1
+
+
+def sketchpad_record(output: Path) -> bytes | dict[str, Any]:
+    """The record of a VisualSketchpad folder (see the module docstring); the raw bytes of
+    ``output.json`` when it is not valid JSON (so it fails as malformed_json)."""
+    raw = output.read_bytes()
+    try:
+        messages = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw
+    folder = output.parent
+    record: dict[str, Any] = {"task": folder.parent.name, "output": messages}
+    for side in ("request.json", "ex.json", "example.json"):
+        try:
+            record[side.removesuffix(".json")] = json.loads((folder / side).read_bytes())
+        except (OSError, ValueError, RecursionError):
+            record[side.removesuffix(".json")] = None
+    return {SKETCHPAD_KEY: record}
 
 
 def sample_payloads(path: Path, n: int) -> list[bytes | dict[str, Any] | Exception]:

@@ -2,9 +2,17 @@
 
 The decision itself lives in routing.route (pure functions); this module only says what the
 knobs are and what values they accept.
+
+``recovered_errors`` (default ``accept``): a trajectory that fails once and recovers (every
+failing cell is followed by an ok cell, and it gives a final answer) is judged on what it did —
+its recovered failures do not lower the code_correctness score. ``penalize`` counts them as
+failures; ``reject`` rejects such samples with the reason ``recovered_error``. The code_correctness
+judge (built with the same value by pipeline.run) explains which cell fixed which.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,3 +37,9 @@ class RoutingPolicy(BaseModel):
         0.15, ge=0, le=1, description="below: routed to the text shard (image ops add too little)"
     )
     reject_unverifiable: bool = Field(False, description="reject samples without ground truth")
+    recovered_errors: Literal["accept", "penalize", "reject"] = Field(
+        "accept",
+        description="a trajectory whose every failing cell is followed by an ok cell and that has a final "
+        "answer: accept (its recovered failures do not lower code_correctness), penalize (they count "
+        "as failures), reject (rejected with recovered_error); see judges.code_correctness",
+    )

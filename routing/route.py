@@ -1,11 +1,18 @@
 """Routing: scores -> (route, reasons). Pure functions, no I/O; reasons are data.
 
 Order of decisions (default policy in routing.policy.RoutingPolicy):
- 1. invalid input                         -> rejected  [invalid_input:<kind>]
+ 1. invalid input                         -> rejected  [invalid_input:<kind>], except a trajectory
+    that calls a tool the sandbox cannot have (input_error ``unsupported_tool:<name>``, or
+    ``unsupported_tool`` with the name in input_detail) -> rejected [unsupported_tool:<name>]
  2. any reject reason below                -> rejected  [all that apply]
     duplicate_of:<sample_id> and contaminated:<benchmark> (verdicts of pipeline.dedup, carried
     in the duplicate_of / contaminated_by columns), no_trajectory (a prompt with an empty turn
-    list, e.g. an RL input record; no score reason is added to it), sandbox_violation (a cell was forbidden), code_failed:<status> (replay failed),
+    list, e.g. an RL input record; no score reason is added to it), sandbox_violation (a cell was forbidden),
+    replay_env:<kind>:<name> (one per gap of the replay environment in the replay_env column:
+    a module, tool function or referenced file the replay lacked — not the trajectory's fault, so
+    neither code_failed, observation_mismatch nor low_alignment is added for it),
+    recovered_error (only with routing.recovered_errors = reject: a cell failed and a later cell
+    recovered, see judges.code_correctness), code_failed:<status> (replay failed),
     observation_mismatch (cells ran but the record contradicts the replay),
     wrong_answer, unverifiable (only if the policy asks), low_coherence, low_alignment,
     low_educational_value
@@ -19,8 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from judges.code_correctness import recovered_failures
 from routing.policy import RoutingPolicy
 from schemas import sample as S
+
+UNSUPPORTED_TOOL = "unsupported_tool"
 
 
 @dataclass(frozen=True)
@@ -35,8 +45,14 @@ def _below(score: float | None, threshold: float) -> bool:
 
 def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
     """Route one canonical row that carries replay status and the six score columns."""
-    if row.get(S.INPUT_ERROR):
-        return Decision("rejected", [f"invalid_input:{row[S.INPUT_ERROR]}"])
+    error = row.get(S.INPUT_ERROR)
+    if error:
+        if error.startswith(UNSUPPORTED_TOOL + ":"):
+            return Decision("rejected", [error])
+        detail = (row.get(S.INPUT_DETAIL) or "").strip()
+        if error == UNSUPPORTED_TOOL and detail:
+            return Decision("rejected", [f"{UNSUPPORTED_TOOL}:{detail.split()[0]}"])
+        return Decision("rejected", [f"invalid_input:{error}"])
     score = {d: row.get(S.score_column(d)) for d in S.DIMENSIONS}
     status = row.get(S.REPLAY_STATUS)
     reasons: list[str] = []
@@ -45,8 +61,13 @@ def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
     reasons.extend(f"contaminated:{name}" for name in row.get(S.CONTAMINATED_BY) or [])
     if row.get(S.TURNS) == []:  # a prompt without a trajectory: nothing was produced to score
         return Decision("rejected", [*reasons, "no_trajectory"])
+    gaps = row.get(S.REPLAY_ENV) or []
     if status == "forbidden":
         reasons.append("sandbox_violation")
+    elif gaps:
+        reasons.extend(S.replay_env_reason(g) for g in gaps)
+    elif policy.recovered_errors == "reject" and recovered_failures(row.get(S.REPLAY) or [], row.get(S.FINAL_ANSWER)):
+        reasons.append("recovered_error")
     elif _below(score["code_correctness"], policy.min_code_correctness):
         ran = status in ("ok", "no_code")
         reasons.append("observation_mismatch" if ran else f"code_failed:{status}")
@@ -56,7 +77,7 @@ def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
         reasons.append("unverifiable")
     if _below(score["coherence"], policy.min_coherence):
         reasons.append("low_coherence")
-    if _below(score["alignment"], policy.min_alignment):
+    if _below(score["alignment"], policy.min_alignment) and not gaps:
         reasons.append("low_alignment")
     if _below(score["educational_value"], policy.min_educational_value):
         reasons.append("low_educational_value")

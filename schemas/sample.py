@@ -26,8 +26,15 @@ DIMENSIONS = (
     "alignment",
     "educational_value",
 )
-# Replay status of one cell.
-CELL_STATUSES = ("ok", "error", "timeout", "memory", "killed", "forbidden", "skipped")
+# Replay status of one cell. The first seven come from the sandbox (pipeline.sandbox.base);
+# "replay_env" is set by the replay stage (pipeline.replay) on a sandbox "error" that the replay
+# environment caused, not the trajectory: a module that is not installed, a tool function the
+# trajectory's own environment provided, a file the record references that is not available.
+CELL_STATUSES = ("ok", "error", "timeout", "memory", "killed", "forbidden", "skipped", "replay_env")
+REPLAY_ENV_STATUS = "replay_env"
+# Kinds of replay-environment gap; a gap is written "<kind>:<name>", e.g. "module:networkx",
+# "tool:zoom_in", "file:/eval/17127.jpg", and becomes the route reason "replay_env:<kind>:<name>".
+REPLAY_ENV_KINDS = ("module", "tool", "file")
 
 # --- column names -------------------------------------------------------------------------
 SAMPLE_ID = "sample_id"
@@ -39,17 +46,27 @@ IMAGES = "images"
 TURNS = "turns"
 FINAL_ANSWER = "final_answer"
 INPUT_ERROR = "input_error"
+INPUT_DETAIL = "input_detail"  # the specifics of input_error (e.g. the image paths looked for)
 RAW = "raw"
 # dedup / decontamination verdicts (pipeline.dedup), filled at ingest, turned into reasons by routing
 DUPLICATE_OF = "duplicate_of"
 CONTAMINATED_BY = "contaminated_by"
+# (image, question) group of a record (pipeline.dedup groups.parquet, read by pipeline.best_of_n;
+# not a shard column: the shards link a best-of-N loser to the kept record by duplicate_of)
+DEDUP_GROUP = "dedup_group"
 REPLAY = "replay"
 REPLAY_STATUS = "replay_status"
+REPLAY_ENV = "replay_env"  # list of "<kind>:<name>" gaps of the replay environment (see REPLAY_ENV_KINDS)
 ROUTE = "route"
 ROUTE_REASONS = "route_reasons"
 TEXT_RESPONSE = "text_response"
 TEXT_FLAGS = "text_flags"
 LINEAGE = "lineage"
+
+
+def replay_env_reason(gap: str) -> str:
+    """Route reason of a replay-environment gap "<kind>:<name>"."""
+    return f"{REPLAY_ENV_STATUS}:{gap}"
 
 
 def score_column(dimension: str) -> str:
@@ -101,6 +118,7 @@ TURN_REASONING, TURN_CODE, TURN_OBS_TEXT, TURN_OBS_IMAGES = (
 # replayed cell
 CELL_INDEX, CELL_TURN, CELL_STATUS, CELL_STDOUT, CELL_ERROR = "cell", "turn", "status", "stdout", "error"
 CELL_DURATION_MS, CELL_IMAGES, CELL_FIDELITY = "duration_ms", "images", "fidelity"
+CELL_ENV_GAP = "env_gap"  # "<kind>:<name>" when the cell's status is "replay_env", else null
 # lineage
 LIN_PIPELINE_VERSION, LIN_CONFIG_HASH, LIN_RUN_ID, LIN_DERIVED_FROM = (
     "pipeline_version",
@@ -145,6 +163,7 @@ CELL_TYPE = pa.struct(
         pa.field(CELL_DURATION_MS, pa.float64()),
         pa.field(CELL_IMAGES, pa.list_(IMAGE_TYPE)),
         pa.field(CELL_FIDELITY, pa.float64()),
+        pa.field(CELL_ENV_GAP, pa.string()),
     ]
 )
 LINEAGE_TYPE = pa.struct(
@@ -166,6 +185,7 @@ INGEST_FIELDS = [
     pa.field(TURNS, pa.list_(TURN_TYPE)),
     pa.field(FINAL_ANSWER, pa.string()),
     pa.field(INPUT_ERROR, pa.string()),
+    pa.field(INPUT_DETAIL, pa.string()),
     pa.field(RAW, pa.string()),
 ]
 DEDUP_FIELDS = [
@@ -175,6 +195,7 @@ DEDUP_FIELDS = [
 REPLAY_FIELDS = [
     pa.field(REPLAY, pa.list_(CELL_TYPE)),
     pa.field(REPLAY_STATUS, pa.string()),
+    pa.field(REPLAY_ENV, pa.list_(pa.string())),
 ]
 SCORE_FIELDS = (
     [pa.field(c, pa.float64()) for c in SCORE_COLUMNS]

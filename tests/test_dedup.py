@@ -1,5 +1,6 @@
-"""Dedup and decontamination: exact and near duplicates, benchmark overlap, deterministic whatever
-the partitioning, and the verdicts reaching routing as reasons in a real Ray run."""
+"""Dedup, best-of-N and decontamination: exact duplicates, (image, question) groups compared at the
+detail that matters, benchmark overlap, determinism whatever the partitioning, and best-of-N in a
+real Ray run (rollouts of one question: the best kept, the others duplicate_of it, scores kept)."""
 
 from __future__ import annotations
 
@@ -8,65 +9,138 @@ import json
 import random
 
 import duckdb
+import matplotlib
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
+from pipeline.best_of_n import QUALITY_WEIGHTS, ROUTE_TIER, quality
 from pipeline.cli import app
 from pipeline.config import DedupConfig, IngestConfig, RunConfig
 from pipeline.dedup import (
     KEY_SCHEMA,
     BenchmarkError,
+    detail_diff,
     hamming,
     image_keys,
     key_row,
     load_benchmark,
     normalize_question,
-    thumb_diff,
+    read_groups,
 )
 from pipeline.dedup import find_verdicts as _find_verdicts
 from pipeline.ingest import plan_read_tasks, read_task
-from pipeline.run import dedup_tasks, run_pipeline
+from pipeline.run import run_pipeline
 from schemas import sample as S
-from tests.format_fixtures import label_image
+from tests.format_fixtures import BOX, crop_zoom, label_image
 from tests.images import png
 
+matplotlib.use("Agg")
 CFG = IngestConfig()
+DEFAULT = DedupConfig()
+Q_LABEL = "What number is written in the small box?"
 
 
-def jpeg(im) -> bytes:
+def jpeg(im, quality=85) -> bytes:
     buf = io.BytesIO()
-    im.convert("RGB").save(buf, format="JPEG", quality=85)
+    im.convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
-def native(question: str, image: str) -> dict:
-    return {"question": question, "answer": "42", "images": [image],
-            "turns": [{"reasoning": "The label in the box reads 42 once enlarged.", "code": None}], "final_answer": "42"}
+def third(im) -> Image.Image:
+    return im.resize((im.width // 3, im.height // 3), Image.Resampling.LANCZOS)
+
+
+def plot(label: str, seed: int = 0) -> Image.Image:
+    """An 800x600 matplotlib plot with one small (7 pt) annotation."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    x = np.linspace(0, 10, 60)
+    ax.plot(x, np.sin(x + rng.random()) * 3 + 5)
+    ax.set_title("Titration curve")
+    ax.annotate(label, (6, 4), fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def native(question: str, image: str, answer: str = "42") -> dict:
+    return {"question": question, "answer": answer, "images": [image],
+            "turns": [{"reasoning": "The label in the box reads 42 once enlarged.", "code": None}], "final_answer": answer}
+
+
+def detail_pairs():
+    """(name, a, b, same image?) pairs drawn here: re-encodes and downscales vs small label changes."""
+    pairs = []
+    for s in range(3):
+        a, b = label_image("42", seed=s), label_image("47", seed=s)
+        pairs += [(f"page{s} jpeg q85", png(a), jpeg(a), True), (f"page{s} jpeg q75", png(a), jpeg(a, 75), True),
+                  (f"page{s} 1/3 downscale", png(a), png(third(a)), True),
+                  (f"page{s} jpeg vs 1/3", jpeg(a), png(third(a)), True),
+                  (f"page{s} 1/3 then jpeg", png(a), jpeg(third(a)), True),
+                  (f"page{s} label 42/47", png(a), png(b), False),
+                  (f"page{s} label 42/4.2", png(a), png(label_image("4.2", seed=s)), False),
+                  (f"page{s} label 42/47 jpeg", png(a), jpeg(b), False)]
+        p, q = plot("x = 3.7", s), plot("x = 3.1", s)
+        pairs += [(f"plot{s} jpeg", png(p), jpeg(p), True), (f"plot{s} 1/3 downscale", png(p), png(third(p)), True),
+                  (f"plot{s} jpeg vs 1/3", jpeg(p), png(third(p)), True),
+                  (f"plot{s} label 3.7/3.1", png(p), png(q), False),
+                  (f"plot{s} label 3.7/3.1 jpeg", png(p), jpeg(q), False),
+                  (f"plot{s} label/none", png(p), png(plot("", s)), False)]
+    return pairs
+
+
+def test_detail_sees_small_labels_and_ignores_reencodes():
+    threshold = DEFAULT.image_max_tile_diff
+    same, diff = [], []
+    print(f"\n{'pair':32s} {'pHash bits':>10s} {'tile diff':>9s}")
+    for name, a, b, is_same in detail_pairs():
+        ka, kb = image_keys(a), image_keys(b)
+        d = detail_diff(ka.detail, kb.detail)
+        (same if is_same else diff).append(d)
+        print(f"{name:32s} {hamming(ka.phash, kb.phash):10d} {d:9.2f}")
+        if is_same:
+            assert hamming(ka.phash, kb.phash) <= DEFAULT.image_hamming, name
+    print(f"same image: max {max(same):.2f}; different label: min {min(diff):.2f}; threshold {threshold}")
+    assert max(same) < threshold < min(diff)
+    assert normalize_question("<image>\nHow many TRIANGLES are in the figure ?") == "how many triangles are in the figure"
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """a.jsonl: r1, r2, r1 again (exact duplicate). b.jsonl: r1's image re-encoded as JPEG with
-    another question (near duplicate), a benchmark question in other words, a benchmark image."""
+    """a.jsonl: r1 (page A), r2 (page B), r1 again (exact duplicate), page A with another
+    question. b.jsonl: A as JPEG and A at 1/3 (same question as r1: one group with r1), a
+    benchmark question in other words, a benchmark image re-encoded, two plots differing only by a
+    small label (same question)."""
     root = tmp_path_factory.mktemp("dedup")
-    (root / "in").mkdir()
-    (root / "in" / "img").mkdir()
-    imgs = {k: label_image(seed=s) for k, s in (("A", 11), ("B", 12), ("C", 13), ("D", 14))}
-    for k, im in imgs.items():
-        (root / "in" / "img" / f"{k}.png").write_bytes(png(im))
-    (root / "in" / "img" / "A.jpg").write_bytes(jpeg(imgs["A"]))
-    (root / "in" / "img" / "D.jpg").write_bytes(jpeg(imgs["D"]))
-    r1 = native("What number is written in the small box?", "img/A.png")
-    r2 = native("What value does the gauge in the box show?", "img/B.png")
-    (root / "in" / "a.jsonl").write_text("\n".join(json.dumps(r) for r in (r1, r2, r1)) + "\n")
-    b = [native("Which digit pair is printed at the top right?", "img/A.jpg"),
+    img = root / "in" / "img"
+    img.mkdir(parents=True)
+    pages = {k: label_image(seed=s) for k, s in (("A", 11), ("B", 12), ("C", 13), ("D", 14))}
+    for k, im in pages.items():
+        (img / f"{k}.png").write_bytes(png(im))
+    (img / "A.jpg").write_bytes(jpeg(pages["A"]))
+    (img / "A3.png").write_bytes(png(third(pages["A"])))
+    (img / "D.jpg").write_bytes(jpeg(pages["D"]))
+    (img / "P1.png").write_bytes(png(plot("x = 3.7", 5)))
+    (img / "P2.png").write_bytes(png(plot("x = 3.1", 5)))
+    r1 = native(Q_LABEL, "img/A.png")
+    a = [r1, native("What value does the gauge in the box show?", "img/B.png"), r1,
+         native("Which digit pair is printed at the top right?", "img/A.png")]
+    (root / "in" / "a.jsonl").write_text("\n".join(json.dumps(r) for r in a) + "\n")
+    b = [native(Q_LABEL.upper(), "img/A.jpg"), native(Q_LABEL, "img/A3.png"),
          native("<image>\nHow many triangles are in the FIGURE ?", "img/C.png"),
-         native("Read the label in the box.", "img/D.jpg")]
+         native("Read the label in the box.", "img/D.jpg"),
+         native("What is the value of x at the marked point?", "img/P1.png", "3.7"),
+         native("What is the value of x at the marked point?", "img/P2.png", "3.1")]
     (root / "in" / "b.jsonl").write_text("\n".join(json.dumps(r) for r in b) + "\n")
     (root / "bench").mkdir()
-    (root / "bench" / "D.png").write_bytes(png(imgs["D"]))
+    (root / "bench" / "D.png").write_bytes(png(pages["D"]))
     (root / "bench" / "benchmark.jsonl").write_text(
         json.dumps({"name": "MathVista", "question": "how many triangles are in the figure?"}) + "\n"
         + json.dumps({"name": "ChartQA", "image": "D.png"}) + "\n"
@@ -75,16 +149,14 @@ def corpus(tmp_path_factory):
     return root
 
 
-def key_rows(root) -> list[dict]:
-    tasks = plan_read_tasks([root / "in" / "a.jsonl", root / "in" / "b.jsonl"], 2)
+def key_rows(root, files=("a.jsonl", "b.jsonl")) -> list[dict]:
+    tasks = plan_read_tasks([root / "in" / f for f in files], 2)
     return [k for t in tasks for r in read_task(t, CFG) if (k := key_row(r))]
 
 
-DEFAULT = DedupConfig()
-
-
 def find_verdicts(tmp_path, rows, cfg=DEFAULT, bench=None, parts=1, seed=0):
-    """Write key rows shuffled into ``parts`` Parquet files (as Ray would, in any order)."""
+    """Write key rows shuffled into ``parts`` Parquet files (as Ray would, in any order);
+    returns (verdicts, groups as {(file, idx): group})."""
     rows = list(rows)
     random.Random(seed).shuffle(rows)
     files = []
@@ -92,31 +164,31 @@ def find_verdicts(tmp_path, rows, cfg=DEFAULT, bench=None, parts=1, seed=0):
         f = tmp_path / f"keys-{seed}-{parts}-{p}.parquet"
         pq.write_table(pa.Table.from_pylist(rows[p::parts], schema=KEY_SCHEMA), f)
         files.append(str(f))
-    return _find_verdicts(files, cfg, bench)
+    groups = tmp_path / f"groups-{seed}-{parts}.parquet"
+    return _find_verdicts(files, cfg, bench, groups_path=groups), read_groups(groups)
 
 
-def test_image_keys_see_reencodes_as_near_and_other_pages_as_far():
-    a, b = label_image(seed=11), label_image(seed=12)
-    ka, kj, kb = image_keys(png(a)), image_keys(jpeg(a)), image_keys(png(b))
-    assert hamming(ka[0], kj[0]) <= 4 and thumb_diff(ka[1], kj[1]) <= 0.5
-    assert hamming(ka[0], kb[0]) > 4 or thumb_diff(ka[1], kb[1]) > 0.5
-    assert normalize_question("<image>\nHow many TRIANGLES are in the figure ?") == "how many triangles are in the figure"
+def short(d):
+    return {(f.rsplit("/", 1)[1], i): v for (f, i), v in d.items()}
 
 
-def test_verdicts(corpus, tmp_path):
+def test_verdicts_and_groups(corpus, tmp_path):
     keys = key_rows(corpus)
     sid = {(k["file"].rsplit("/", 1)[1], k["idx"]): k["sample_id"] for k in keys}
     bench = load_benchmark(corpus / "bench" / "benchmark.jsonl", CFG)
-    v = find_verdicts(tmp_path, keys, bench=bench)
-    got = {(f.rsplit("/", 1)[1], i): verdict for (f, i), verdict in v.items()}
-    assert got == {
+    v, groups = find_verdicts(tmp_path, keys, bench=bench)
+    assert short(v) == {
         ("a.jsonl", 2): {S.DUPLICATE_OF: sid[("a.jsonl", 0)]},  # exact
-        ("b.jsonl", 0): {S.DUPLICATE_OF: sid[("a.jsonl", 0)]},  # near: A re-encoded
-        ("b.jsonl", 1): {S.CONTAMINATED_BY: ["MathVista"]},  # question, other case/spacing/tags
-        ("b.jsonl", 2): {S.CONTAMINATED_BY: ["ChartQA"]},  # benchmark image re-encoded
+        ("b.jsonl", 2): {S.CONTAMINATED_BY: ["MathVista"]},  # question, other case/spacing/tags
+        ("b.jsonl", 3): {S.CONTAMINATED_BY: ["ChartQA"]},  # benchmark image re-encoded
     }
-    off = find_verdicts(tmp_path, keys, DedupConfig(exact=False, image_hamming=None))
-    assert off == {}
+    # one group: r1, its JPEG re-encode and its 1/3 downscale, asked the same question (any case);
+    # not the exact duplicate, not the other question on image A, not the plots with another label
+    assert short(groups) == {k: sid[("a.jsonl", 0)] for k in (("a.jsonl", 0), ("b.jsonl", 0), ("b.jsonl", 1))}
+    v_off, g_off = find_verdicts(tmp_path, keys, DedupConfig(exact=False, image_hamming=None))
+    assert v_off == {}
+    # without the image comparison only identical bytes group: r1 and its exact copy
+    assert short(g_off) == {("a.jsonl", 0): sid[("a.jsonl", 0)], ("a.jsonl", 2): sid[("a.jsonl", 0)]}
 
 
 def test_verdicts_do_not_depend_on_partitioning_or_order(corpus, tmp_path):
@@ -126,23 +198,26 @@ def test_verdicts_do_not_depend_on_partitioning_or_order(corpus, tmp_path):
     assert all(r == runs[0] for r in runs)
 
 
-def test_near_duplicate_chains_keep_the_first_of_each_cluster(tmp_path):
-    """a~b and b~c but not a~c: visiting in (file, idx) order keeps a, drops b, keeps c."""
-    thumb = bytes(1024)
-    rows = [{"sample_id": s, "file": "f", "idx": i, "phash": h, "thumb": thumb, "qkey": None}
-            for i, (s, h) in enumerate((("a", 0), ("b", 0b111), ("c", 0b111111), ("d", 0)))]
-    v = find_verdicts(tmp_path, rows, DedupConfig(image_hamming=4))
-    assert v == {("f", 1): {S.DUPLICATE_OF: "a"}, ("f", 3): {S.DUPLICATE_OF: "a"}}
-    far_thumb = bytes([200]) * 1024  # same pHash, different picture: the thumbnail check vetoes
-    rows[1]["thumb"] = far_thumb
-    assert ("f", 1) not in find_verdicts(tmp_path, rows, DedupConfig(image_hamming=4))
+def test_near_image_chains_group_with_the_first_leader(tmp_path):
+    """a~b and b~c but not a~c (pHash bits 3, 3, 6): greedy in (file, idx) order gives {a, b, d}
+    and c alone (no group); another question never joins."""
+    detail = image_keys(png(label_image(seed=3))).detail
+    rows = [{"sample_id": s, "file": "f", "idx": i, "qkey": q, "isha": s, "phash": h, "aspect": 4 / 3, "detail": detail}
+            for i, (s, h, q) in enumerate((("a", 0, "q"), ("b", 0b111, "q"), ("c", 0b111111, "q"), ("d", 0, "q"),
+                                           ("e", 0, "other")))]
+    _, g = find_verdicts(tmp_path, rows, DedupConfig(image_hamming=4))
+    assert g == {("f", 0): "a", ("f", 1): "a", ("f", 3): "a"}
+    far = image_keys(png(label_image("47", seed=3))).detail  # b: same pHash, another label: vetoed
+    rows[1]["detail"] = far
+    _, g = find_verdicts(tmp_path, rows, DedupConfig(image_hamming=4))
+    assert g == {("f", 0): "a", ("f", 3): "a"}  # c is 6 bits from a and another picture than b
 
 
-def test_many_copies_of_one_image_cost_one_comparison(tmp_path):
-    rows = [{"sample_id": f"s{i}", "file": "f", "idx": i, "phash": 12345, "thumb": bytes(1024), "qkey": None}
-            for i in range(5000)]
-    v = find_verdicts(tmp_path, rows)
-    assert len(v) == 4999 and all(x == {S.DUPLICATE_OF: "s0"} for x in v.values())
+def test_many_rollouts_of_one_image_cost_no_comparison(tmp_path):
+    rows = [{"sample_id": f"s{i:04d}", "file": "f", "idx": i, "qkey": "q", "isha": "x", "phash": 12345,
+             "aspect": 1.0, "detail": b"not an image: never decoded"} for i in range(5000)]
+    v, g = find_verdicts(tmp_path, rows)
+    assert v == {} and len(g) == 5000 and set(g.values()) == {"s0000"}
 
 
 def test_benchmark_file_errors_say_where(tmp_path):
@@ -159,31 +234,110 @@ def test_benchmark_file_errors_say_where(tmp_path):
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
 
 
-@pytest.mark.timeout(900)
-def test_ray_run_routes_duplicates_and_contamination(ray_local, corpus, tmp_path):
-    cfg = RunConfig()
-    bench = load_benchmark(corpus / "bench" / "benchmark.jsonl", CFG)
-    flags = []
-    for per_task in (1, 4):  # the key pass gives the same verdicts however the work is cut
-        tasks = plan_read_tasks([corpus / "in" / "a.jsonl", corpus / "in" / "b.jsonl"], per_task)
-        flagged, counts = dedup_tasks(tasks, cfg, bench, tmp_path / f"work{per_task}")
-        flags.append({(t.file, int(i)): v for t in flagged if t.flags for i, v in json.loads(t.flags).items()})
-        assert counts == {"duplicates": 2, "contaminated": 2}
-    assert flags[0] == flags[1]
+def test_quality_leaves_null_scores_out():
+    row = {S.score_column(d): None for d in S.DIMENSIONS}
+    assert quality(row) is None
+    row[S.score_column("coherence")] = 0.5
+    assert quality(row) == 0.5
+    row[S.score_column("code_correctness")] = 1.0
+    w = QUALITY_WEIGHTS
+    assert quality(row) == pytest.approx((0.5 * w["coherence"] + 1.0 * w["code_correctness"]) / (w["coherence"] + w["code_correctness"]))
 
+
+ROLLOUT_Q = "What current does the ammeter label in the small box show, in amperes?"
+ZOOM2 = "crop = image.crop((440, 20, 600, 100)).resize((320, 160))\ncrop.save('zoom.png')\nprint(crop.size)\n"
+
+
+def rollouts(root) -> list[dict]:
+    """Four rollouts of one question on one page (RL sampling): two good ones (a plain 2x zoom,
+    and a 3x zoom followed by a contrast stretch), one wrong answer, one failing code."""
+    page = label_image(seed=21)
+    img = root / "in" / "img"
+    (img / "R.png").write_bytes(png(page))
+    (img / "R_z2.png").write_bytes(png(crop_zoom(page, BOX, 2)))
+    z3 = crop_zoom(page, BOX, 3)
+    (img / "R_z3.png").write_bytes(png(z3))
+    grey = z3.convert("L")
+    lo, hi = grey.getextrema()
+    stretched = grey.point(lambda v: int((v - lo) * 255 / max(hi - lo, 1)))
+    (img / "R_z3s.png").write_bytes(png(stretched))
+    zoom3 = "crop = image.crop((440, 20, 600, 100)).resize((480, 240))\ncrop.save('zoom.png')\nprint(crop.size)\n"
+    stretch = ("g = crop.convert('L')\nlo, hi = g.getextrema()\n"
+               "s = g.point(lambda v: int((v - lo) * 255 / max(hi - lo, 1)))\ns.save('stretched.png')\nprint(lo, hi)\n")
+
+    def rec(turns, answer):
+        return {"question": ROLLOUT_Q, "answer": "42", "images": ["img/R.png"], "discipline": "physics",
+                "turns": turns, "final_answer": answer}
+
+    zoom_turn = {"reasoning": "The label is tiny, so I crop the box and enlarge it 2x.", "code": ZOOM2,
+                 "observation": {"text": "(320, 160)\n", "images": ["img/R_z2.png"]}}
+    good_a = rec([zoom_turn, {"reasoning": "The enlarged label clearly reads 42, so the current is 42 A.", "code": None}], "42")
+    good_b = rec([
+        {"reasoning": "The ammeter label is far too small at this scale; I crop the box and enlarge it 3x with "
+                      "Lanczos resampling to read the digits.", "code": zoom3,
+         "observation": {"text": "(480, 240)\n", "images": ["img/R_z3.png"]}},
+        {"reasoning": "The digits are still faint against the background, so I stretch the contrast of the crop "
+                      "to its full range before reading it.", "code": stretch,
+         "observation": {"text": f"{lo} {hi}\n", "images": ["img/R_z3s.png"]}},
+        {"reasoning": "After the stretch the label in the box reads 42 without ambiguity: the ammeter shows "
+                      "a current of 42 A.", "code": None}], "42")
+    wrong = rec([zoom_turn, {"reasoning": "The enlarged label reads 47, so the current is 47 A.", "code": None}], "47")
+    failing = rec([
+        {"reasoning": "I crop the box and enlarge it.", "code": ZOOM2.replace(".resize(", ".resise("),
+         "observation": {"text": "AttributeError: 'Image' object has no attribute 'resise'\n", "images": []}},
+        {"reasoning": "The label reads 42, so the current is 42 A.", "code": None}], "42")
+    return [good_a, wrong, good_b, failing]
+
+
+@pytest.mark.timeout(900)
+def test_ray_run_best_of_n_duplicates_and_contamination(ray_local, corpus, tmp_path):
+    """One real run: the dedup corpus plus four rollouts of one question (c.jsonl)."""
+    (corpus / "in" / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rollouts(corpus)) + "\n")
     out = tmp_path / "out"
-    manifest = run_pipeline([corpus / "in"], out, cfg, quiet=True, benchmark=corpus / "bench" / "benchmark.jsonl")
-    assert manifest["conservation"]["ok"] and manifest["input_records"] == 6
-    assert manifest["dedup"] == {"duplicates": 2, "contaminated": 2}
-    rows = duckdb.connect().execute(
-        f"SELECT {S.SOURCE}, {S.SAMPLE_ID}, {S.ROUTE}, {S.ROUTE_REASONS} "
-        f"FROM read_parquet('{out}/shards/**/*.parquet', hive_partitioning = true)"
+    manifest = run_pipeline([corpus / "in"], out, RunConfig(), quiet=True, benchmark=corpus / "bench" / "benchmark.jsonl")
+    assert manifest["conservation"]["ok"] and manifest["input_records"] == 14
+    assert manifest["dedup"] == {"duplicates": 1, "contaminated": 2, "best_of_n_groups": 2, "best_of_n_members": 7,
+                                 "best_of_n_rejected": 5, "best_of_n_redirected": 0}
+    scores = ", ".join(S.SCORE_COLUMNS)
+    con = duckdb.connect()
+    cols = [S.SOURCE, S.SAMPLE_ID, S.ROUTE, S.ROUTE_REASONS, S.DUPLICATE_OF, f"{S.IMAGES}[1].{S.IMG_WIDTH}", *S.SCORE_COLUMNS]
+    rows = con.execute(
+        f"SELECT {S.SOURCE}, {S.SAMPLE_ID}, {S.ROUTE}, {S.ROUTE_REASONS}, {S.DUPLICATE_OF}, "
+        f"{S.IMAGES}[1].{S.IMG_WIDTH}, {scores} FROM read_parquet('{out}/shards/**/*.parquet', hive_partitioning = true)"
     ).fetchall()
-    got = {(src[S.SRC_FILE].rsplit("/", 1)[1], src[S.SRC_INDEX]): (sid, route, reasons) for src, sid, route, reasons in rows}
-    first = got[("a.jsonl", 0)][0]
-    assert got[("a.jsonl", 2)][1:] == ("rejected", [f"duplicate_of:{first}"])
-    assert got[("b.jsonl", 0)][1] == "rejected" and f"duplicate_of:{first}" in got[("b.jsonl", 0)][2]
-    assert "contaminated:MathVista" in got[("b.jsonl", 1)][2] and got[("b.jsonl", 1)][1] == "rejected"
-    assert "contaminated:ChartQA" in got[("b.jsonl", 2)][2] and got[("b.jsonl", 2)][1] == "rejected"
-    for key in (("a.jsonl", 0), ("a.jsonl", 1)):
-        assert not any(r.startswith(("duplicate_of", "contaminated")) for r in got[key][2])
+    assert len(rows) == 14
+    got = {(r[0][S.SRC_FILE].rsplit("/", 1)[1], r[0][S.SRC_INDEX]): dict(zip(cols[1:], r[1:], strict=True)) for r in rows}
+    reasons = {k: r[S.ROUTE_REASONS] for k, r in got.items()}
+    first = got[("a.jsonl", 0)][S.SAMPLE_ID]
+    # exact duplicate; A re-encoded and at 1/3 with the same question: the original (larger) kept
+    assert got[("a.jsonl", 2)][S.ROUTE] == "rejected" and reasons[("a.jsonl", 2)] == [f"duplicate_of:{first}"]
+    for k in (("b.jsonl", 0), ("b.jsonl", 1)):
+        assert got[k][S.ROUTE] == "rejected" and reasons[k][0] == f"duplicate_of:{first}", got[k]
+    # same image, another question; plots differing by a small label: all kept
+    for k in (("a.jsonl", 0), ("a.jsonl", 1), ("a.jsonl", 3), ("b.jsonl", 4), ("b.jsonl", 5)):
+        assert not any(r.startswith(("duplicate_of", "contaminated")) for r in reasons[k]), (k, reasons[k])
+    assert "contaminated:MathVista" in reasons[("b.jsonl", 2)] and got[("b.jsonl", 2)][S.ROUTE] == "rejected"
+    assert "contaminated:ChartQA" in reasons[("b.jsonl", 3)] and got[("b.jsonl", 3)][S.ROUTE] == "rejected"
+
+    # four rollouts: the best kept, the three others duplicate_of it, all with their scores
+    four = {i: got[("c.jsonl", i)] for i in range(4)}
+    for i, r in four.items():
+        print(i, r[S.ROUTE], r[S.ROUTE_REASONS], {c: r[c] for c in S.SCORE_COLUMNS})
+        assert any(r[c] is not None for c in S.SCORE_COLUMNS)
+    kept = [i for i, r in four.items() if r[S.DUPLICATE_OF] is None]
+    assert len(kept) == 1 and kept[0] in (0, 2), four  # a good one, never the wrong answer or failing code
+    best = four[kept[0]][S.SAMPLE_ID]
+    assert four[kept[0]][S.ROUTE] != "rejected"
+    for i in set(four) - set(kept):
+        assert four[i][S.ROUTE] == "rejected" and four[i][S.ROUTE_REASONS][0] == f"duplicate_of:{best}", four[i]
+        assert four[i][S.DUPLICATE_OF] == best
+    assert "wrong_answer" in four[1][S.ROUTE_REASONS]
+    assert any(r.startswith(("code_failed", "observation_mismatch")) for r in four[3][S.ROUTE_REASONS])
+    # the two good ones differ in quality, and the kept one is the better by the documented order:
+    # among the rollouts routing did not reject for their own reasons, the highest quality
+    own = {i: [x for x in r[S.ROUTE_REASONS] if not x.startswith("duplicate_of:")] for i, r in four.items()}
+    routable = [i for i in four if not own[i] or i in kept and four[i][S.ROUTE] in ("twi", "text")]
+    assert sorted(routable) == [0, 2], own
+    assert quality(four[0]) != quality(four[2])
+    assert kept == [max(routable, key=lambda i: quality(four[i]))]
+    assert ROUTE_TIER[four[kept[0]][S.ROUTE]] < ROUTE_TIER["rejected"]

@@ -638,3 +638,24 @@ def test_trajectory_paths_are_mapped_into_the_work_dir(sandbox):
     assert [(n, _png_size(d)) for n, d in out[5].images] == [("cell5_0_output.png", (48, 64))]
     assert out[6].images == [] and out[6].stdout == ""
     assert out[7].status in ("error", "forbidden") and out[7].images == []
+
+
+@pytest.mark.timeout(60)
+def test_inputs_open_by_relative_path_bare_name_and_prompt_path(sandbox):
+    """A DeepEyesV2-style cell opens its input by bare file name (the record lists
+    images/stars.png), or builds the relative path at run time; a Thyme cell opens the absolute
+    path of its prompt with cv2. All read the input; naming an input is not an output."""
+    images = [InputImage("stars.png", _encode(_gradient()), path="images/stars.png"),
+              InputImage("17127.jpg", _encode(_gradient(30, 20), "JPEG"), path="/eval/17127.jpg")]
+    cells = [
+        "from PIL import Image\nprint(Image.open('stars.png').size)",
+        "import os\nprint(Image.open(os.path.join('images', 'stars.png')).size, 'stars.png')",
+        "import cv2\nprint(cv2.imread('/eval/17127.jpg').shape)",
+        "print(cv2.imread('17127.jpg').shape)",
+        "Image.open('stars.png').crop((0, 0, 8, 8)).save('stars.png')\nprint(Image.open('images/stars.png').size)",
+    ]
+    out = sandbox.replay(cells, images)
+    assert _statuses(out) == ["ok"] * 5, [o.error for o in out]
+    assert [o.stdout for o in out] == ["(64, 48)\n", "(64, 48) stars.png\n", "(30, 20, 3)\n", "(30, 20, 3)\n", "(8, 8)\n"]
+    assert out[1].images == []  # printing an input's name does not make it an output
+    assert [n for n, _ in out[4].images] == ["cell4_0_stars.png"]  # overwriting it does, once (two names, one file)

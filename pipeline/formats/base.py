@@ -45,6 +45,7 @@ class InputError(ValueError):
     def __init__(self, kind: str, detail: str = ""):
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -222,10 +223,43 @@ def resolve_image(value: Any, ctx: RecordContext, default_name: str) -> dict[str
         ref = ref[len("file://") :]
     elif looks_like_base64_image(ref):
         return image_from_bytes(_decode_base64(ref, default_name), default_name, ctx.cfg)
-    path = Path(ref)
-    if not path.is_absolute():
-        path = ctx.base_dir / ref
-    return load_image(path, ctx.cfg, ref_path=ref)
+    return load_image(locate_image(ref, ctx), ctx.cfg, ref_path=ref)
+
+
+def image_candidates(ref: str, ctx: RecordContext) -> list[Path]:
+    """Where an image path written in a record is looked for, in order.
+
+    ``ingest.path_map`` first rewrites the longest matching prefix (absolute paths of the machine
+    that made the data). An absolute path is then taken as it is. A relative path is looked up
+    beside the record's file, then under each ``--image-root``; a path with folders is also tried
+    by its bare file name under each root. Absolute paths are never looked up by bare name: real
+    corpora reuse names (``000.png`` in every class folder), so that would pick a wrong image."""
+    mapped = ref
+    for prefix in sorted(ctx.cfg.path_map, key=len, reverse=True):
+        if ref == prefix or ref.startswith(prefix.rstrip("/") + "/"):
+            mapped = ctx.cfg.path_map[prefix].rstrip("/") + ref[len(prefix.rstrip("/")):]
+            break
+    path = Path(mapped)
+    if path.is_absolute():
+        return [path]
+    out = [ctx.base_dir / path, *(root / path for root in ctx.cfg.image_roots)]
+    if len(path.parts) > 1:
+        out.extend(root / path.name for root in ctx.cfg.image_roots)
+    return list(dict.fromkeys(out))
+
+
+def locate_image(ref: str, ctx: RecordContext) -> Path:
+    """The first existing candidate of :func:`image_candidates`; InputError('missing_image')
+    naming every path looked for (and how to point the run at the images) otherwise."""
+    candidates = image_candidates(ref, ctx)
+    for path in candidates:
+        if path.is_file():
+            return path
+    hint = "pass --image-root DIR" if not Path(ref).is_absolute() else "set ingest.path_map"
+    raise InputError(
+        "missing_image",
+        f"{ref}: looked for {', '.join(str(p) for p in candidates)} ({hint} to point the run at the images)",
+    )
 
 
 # --- text conventions ----------------------------------------------------------------------

@@ -5,7 +5,8 @@ A message becomes :class:`Msg` (role in system/user/assistant/tool; text in whic
 as an ``<image>`` placeholder; the image references those placeholders stand for). Images come
 either inline (OpenAI ``image_url`` parts, ``{"type": "image"}`` parts) or from the record's
 ``images`` list, matched in order to the ``<image>`` placeholders of all messages (LLaMA-Factory's
-rule: their counts must be equal).
+rule: their counts must be equal). Parts without ``type`` (Qwen-VL / Pixel-Reasoner ``{"text"}``,
+``{"image": path}``) are typed by the key they hold.
 """
 
 from __future__ import annotations
@@ -70,6 +71,15 @@ def all_text(record: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _untyped_kind(part: dict[str, Any]) -> str:
+    """The kind of a part without ``type``: Qwen-VL / Pixel-Reasoner ``{"text": ...}`` or
+    ``{"image": ...}`` (also ``image_url``), by the key it holds."""
+    for key in ("image", "image_url"):
+        if key in part and "text" not in part:
+            return key
+    return "text"
+
+
 def _content(content: Any) -> tuple[str, list[Any]]:
     """Message content (string, list of parts, or None) -> (text with <image> placeholders, inline refs)."""
     if content is None:
@@ -86,7 +96,7 @@ def _content(content: Any) -> tuple[str, list[Any]]:
             continue
         if not isinstance(part, dict):
             raise InputError("wrong_type", "message part must be an object")
-        kind = part.get("type", "text")
+        kind = part.get("type") or _untyped_kind(part)
         if kind in ("text", "input_text"):
             value = part.get("text")
             if not isinstance(value, str):

@@ -14,7 +14,8 @@ Every tool call whose arguments hold ``code`` (any name: ``python``, ``code_inte
 ``execute_python``, ...) is a code cell; so is a ``python``/``code_interpreter`` call whose
 arguments are raw source rather than JSON. ``image_zoom_in_tool`` / ``image_rotate_tool`` calls
 are replayed as the generated cells of :mod:`pipeline.formats.zoom_tools`; other tools are
-rejected (``invalid_input:unsupported_tool``). The ``tool`` message with the matching
+rejected (``invalid_input:unsupported_tool:<name>``), as is any call to a vision model or service
+(``zoom_tools.NON_REPLAYABLE_TOOLS``). The ``tool`` message with the matching
 ``tool_call_id`` is the observation; images a tool produced may follow in the next ``user``
 message (the Chat Completions API allows images only there), and count as that observation's
 images. The final answer is the last ``<answer>...</answer>``, else the last assistant text.
@@ -39,7 +40,7 @@ from pipeline.formats.chat import (
     load_refs,
     tool_arguments,
 )
-from pipeline.formats.zoom_tools import deepeyes_cell
+from pipeline.formats.zoom_tools import deepeyes_cell, is_non_replayable, unsupported_tool
 from schemas import sample as S
 
 RAW_CODE_TOOLS = ("python", "code_interpreter", "python_interpreter", "execute_python", "run_python")
@@ -57,6 +58,8 @@ class OpenAITools:
 
     def _cell(self, call: dict[str, Any], zooms: list[int]) -> str:
         name, args = tool_arguments(call)
+        if is_non_replayable(name):
+            raise unsupported_tool(name)
         if isinstance(args, dict) and isinstance(args.get("code"), str):
             return args["code"]
         if name in ZOOM_TOOLS:
@@ -64,7 +67,7 @@ class OpenAITools:
             return deepeyes_cell({"name": name, "arguments": args}, zooms[0])
         if isinstance(args, str) and name in RAW_CODE_TOOLS:
             return args
-        raise InputError("unsupported_tool", name[:100])
+        raise unsupported_tool(name)
 
     def to_row(self, record: dict[str, Any], ctx: RecordContext) -> dict[str, Any]:
         question, images, rest = chat_prompt(record, ctx, drop_image_tokens)

@@ -14,6 +14,9 @@ be equal); those in the prompt are the inputs, those in an observation are what 
 produced. A code cell's observation is the next user message starting ``Code execution result:``
 (its ``stdout:`` and ``stderr:`` blocks are the recorded text) or a ``tool``/``observation``
 message. The final answer is the last ``<answer>...</answer>``.
+
+A plain multimodal chat (image + question + an assistant reply, no code, no tool call) is a valid
+sample without code: its final answer is the last ``<answer>``, else the last assistant text.
 """
 
 from __future__ import annotations
@@ -128,6 +131,12 @@ class ShareGPT:
     def to_row(self, record: dict[str, Any], ctx: RecordContext) -> dict[str, Any]:
         question, images, rest = chat_prompt(record, ctx, drop_image_tokens)
         turns, answer = chat_trajectory(rest, ctx, assistant_turns, _observation)
+        if not any(t[S.TURN_CODE] for t in turns):  # plain multimodal chat: a sample without code
+            said = [m.text for m in rest if m.role == "assistant" and m.text.strip()]
+            if answer is None and said:
+                answer = clean_text(split_answer(said[-1])[0]) or None
+            if not turns and answer is not None:
+                turns = [turn(answer)]
         if not turns:
             raise InputError("empty_trajectory")
         return canonical_row(

@@ -90,6 +90,31 @@ def parse_response(
     return turns, answer
 
 
+# Thyme's prompts name the input image's path and size on lines of their own, e.g.
+#   ### User Image Path: "/eval/17127.jpg"      or  ### User Image Path:** /eval/17127.jpg
+#   ### User Image Size: "1024x768"
+# Its code opens that path, which usually differs from the record's ``image`` entry (a base64
+# string on the hub, a converted copy elsewhere): the input's IMG_PATH becomes the prompt's path
+# so the sandbox maps it, and the size must match the resolved image's (else the code's pixel
+# coordinates would point at the wrong place).
+_PROMPT_PATH = re.compile(r"User Image Path\W*?:\**\s*[\"'`]?([^\"'`\n]+?)[\"'`]?\s*$", re.I | re.M)
+_PROMPT_SIZE = re.compile(r"User Image Size\W*?:\**\s*[\"'`(\[]?\s*(\d+)\s*[x×*,]\s*(\d+)", re.I | re.M)
+
+
+def apply_prompt_paths(text: str, images: list[dict[str, Any]]) -> None:
+    """Set the inputs' IMG_PATH from the prompt's ``User Image Path`` lines (k-th line -> k-th
+    input) and check the ``User Image Size`` lines against them; InputError('image_size_mismatch')."""
+    for image, path in zip(images, _PROMPT_PATH.findall(text), strict=False):
+        image[S.IMG_PATH] = path.strip()
+    for image, (w, h) in zip(images, _PROMPT_SIZE.findall(text), strict=False):
+        if (int(w), int(h)) != (image[S.IMG_WIDTH], image[S.IMG_HEIGHT]):
+            raise InputError(
+                "image_size_mismatch",
+                f"the prompt says {w}x{h} but {image[S.IMG_PATH] or image[S.IMG_NAME]} is "
+                f"{image[S.IMG_WIDTH]}x{image[S.IMG_HEIGHT]}: the code's coordinates would not fit this image",
+            )
+
+
 def _image_list(record: dict[str, Any], key: str) -> list[Any]:
     value = record.get(key)
     if value is None:
@@ -117,6 +142,7 @@ class ThymeSFT:
         if n_inputs > len(refs):
             raise InputError("image_placeholder_mismatch", f"{n_inputs} <image> in the question, {len(refs)} images")
         images = [resolve_image(r, ctx, f"input_{k}") for k, r in enumerate(refs[:n_inputs])]
+        apply_prompt_paths(question, images)
         turns, answer = parse_response(response, refs[n_inputs:], ctx)
         if not turns:
             raise InputError("empty_trajectory")
@@ -141,6 +167,7 @@ class ThymeRL:
         if n_inputs > len(refs):
             raise InputError("image_placeholder_mismatch", f"{n_inputs} <image> in the prompt, {len(refs)} images")
         images = [resolve_image(r, ctx, f"input_{k}") for k, r in enumerate(refs[:n_inputs])]
+        apply_prompt_paths(prompt_user, images)
         question = text_field(record.get("question"), "question") or drop_image_tokens(prompt_user)
         if not question:
             raise InputError("missing_field:question")

@@ -22,7 +22,20 @@ Lanczos, and saves a PNG in the cwd (DeepEyes ``zoom_<k>.png``, Mini-o3 ``observ
 k counting calls from 1). A call that cannot be parsed becomes a cell that raises, so the
 replay reports it. The call text stays in the turn's reasoning. DeepEyes'
 ``image_rotate_tool`` (``angle``) is replayed the same way; other tool names are rejected as
-``invalid_input:unsupported_tool``.
+``invalid_input:unsupported_tool:<name>``.
+
+Two DeepEyes rule sets exist, read from Visual-Agent/DeepEyes:
+  * ``toolbox`` (the RL tool, ``verl/workers/agent/envs/mm_process_engine/visual_toolbox_v6.py``
+    ``maybe_resize_bbox`` @ c95288a): the rules above (clamp, validate, widen to 28 px).
+  * ``vstar_eval`` (what wrote the published V* rollout logs, ``eval/eval_vstar.py`` @ cc3ff4d,
+    used by :mod:`pipeline.formats.deepeyes_rollout`): the box is cropped exactly as given (no
+    clamping: PIL fills outside the image with black), then resized with Qwen2.5-VL's
+    ``smart_resize`` (each side rounded to a multiple of 28, at least 28; area at least 4*28*28
+    and at most 16384*28*28 pixels), bicubic. That resize is the tool's minimum box size. The
+    generated cell saves ``zoom_<k>.png``.
+
+Tools the sandbox can never have (vision models, detectors, OCR services: ``NON_REPLAYABLE_TOOLS``)
+are rejected with ``invalid_input:unsupported_tool:<name>`` by every adapter (:func:`unsupported_tool`).
 """
 
 from __future__ import annotations
@@ -98,6 +111,65 @@ if x0 >= x1 or y0 >= y1:
 box = (x0, y0, x1, y1)
 crop = src.crop(box)
 """
+
+DEEPEYES_VSTAR_ZOOM = """\
+# twi-curate: replay of a DeepEyes V* evaluation zoom (Visual-Agent/DeepEyes eval/eval_vstar.py):
+# crop the box as given, resize with Qwen2.5-VL smart_resize (factor 28, 4*28*28..16384*28*28 px), bicubic
+import math
+
+from PIL import Image
+
+src = images[0]
+left, top, right, bottom = {bbox!r}
+box = (left, top, right, bottom)
+crop = src.crop(box)
+width, height = right - left, bottom - top
+factor, min_pixels, max_pixels = 28, 4 * 28 * 28, 16384 * 28 * 28
+new_w = max(factor, round(width / factor) * factor)
+new_h = max(factor, round(height / factor) * factor)
+if new_w * new_h > max_pixels:
+    beta = math.sqrt((width * height) / max_pixels)
+    new_w = math.floor(width / beta / factor) * factor
+    new_h = math.floor(height / beta / factor) * factor
+elif new_w * new_h < min_pixels:
+    beta = math.sqrt(min_pixels / (width * height))
+    new_w = math.ceil(width * beta / factor) * factor
+    new_h = math.ceil(height * beta / factor) * factor
+zoom = crop.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+zoom.save({out!r})
+print({out!r}, "box", box, "->", zoom.size)
+"""
+
+# Tools whose results come from a model or a service the replay sandbox cannot have. A trajectory
+# calling one (as a tool call, or from its code where the format says so) cannot be replayed and
+# is rejected as unsupported_tool:<name>. VisualSketchpad's vision experts are listed from
+# Yushi-Hu/VisualSketchpad agent/tools.py (@ 3bc765d): segment_and_mark (Set-of-Mark server),
+# detection and sliding_window_detection (Grounding DINO server), depth (Depth-Anything server).
+NON_REPLAYABLE_TOOLS = frozenset({
+    "segment_and_mark", "detection", "sliding_window_detection", "depth",
+    "som", "set_of_mark", "grounding_dino", "groundingdino", "grounded_sam", "segment_anything", "sam",
+    "object_detection", "detect_objects", "detector", "ocr", "paddleocr", "easyocr", "google_ocr",
+    "depth_estimation", "image_captioning", "caption_image", "vqa", "web_search", "image_search",
+})
+
+
+def unsupported_tool(name: Any) -> InputError:
+    """``InputError('unsupported_tool:<name>')`` (name made machine-readable) for a tool the
+    replay cannot run; the detail says why and what to do."""
+    text = name if isinstance(name, str) else repr(name)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:64] or "unnamed"
+    known = "a vision model or service" if is_non_replayable(text) else "a tool the replay does not know"
+    return InputError(
+        f"unsupported_tool:{safe}",
+        f"the trajectory calls {text[:100]!r}, {known}: the sandbox cannot run it, so the trajectory "
+        "cannot be replayed (drop such records or replay them where the tool exists)",
+    )
+
+
+def is_non_replayable(name: str) -> bool:
+    low = name.lower()
+    return low in NON_REPLAYABLE_TOOLS or low.startswith("som_")
+
 
 FAILING_CALL = "# twi-curate: this tool call cannot be replayed as written\nraise ValueError({message!r})\n"
 
@@ -177,8 +249,9 @@ def _observation(m: Msg) -> str | None:
     return drop_image_tokens(text) or None
 
 
-def deepeyes_cell(call: Any, k: int) -> str:
-    """A DeepEyes tool call (parsed JSON: {"name", "arguments"}) -> the equivalent Python cell."""
+def deepeyes_cell(call: Any, k: int, rules: str = "toolbox") -> str:
+    """A DeepEyes tool call (parsed JSON: {"name", "arguments"}) -> the equivalent Python cell,
+    with the ``toolbox`` (RL tool) or ``vstar_eval`` (V* evaluation script) box rules."""
     out = f"zoom_{k}.png"
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         return FAILING_CALL.format(message=f"tool call is not a JSON object with a name: {str(call)[:200]}")
@@ -190,13 +263,15 @@ def deepeyes_cell(call: Any, k: int) -> str:
         bbox = _four_numbers(args.get("bbox_2d"))
         if bbox is None:
             return FAILING_CALL.format(message=f"bbox_2d must be four numbers, got {args.get('bbox_2d')!r}"[:300])
+        if rules == "vstar_eval":
+            return DEEPEYES_VSTAR_ZOOM.format(bbox=tuple(bbox), out=out)
         return DEEPEYES_ZOOM.format(bbox=tuple(bbox)) + UPSCALE.format(out=out)
     if call["name"] == "image_rotate_tool":
         angle = args.get("angle")
         if not isinstance(angle, Real) or isinstance(angle, bool):
             return FAILING_CALL.format(message=f"angle must be a number, got {angle!r}"[:300])
         return DEEPEYES_ROTATE.format(angle=angle) + UPSCALE.format(out=out)
-    raise InputError("unsupported_tool", call["name"][:100])
+    raise unsupported_tool(call["name"])
 
 
 class DeepEyes(_ZoomAdapter):

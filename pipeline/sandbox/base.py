@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-# Status of one replayed cell (same tuple as schemas.sample.CELL_STATUSES).
+# Status of one replayed cell (schemas.sample.CELL_STATUSES adds "replay_env", which only the replay
+# stage sets, on an "error" the replay environment caused: see pipeline.replay).
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 STATUS_TIMEOUT = "timeout"

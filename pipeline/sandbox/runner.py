@@ -552,15 +552,42 @@ OUTPUT_DIRS = ("temp_processed_images",)
 
 
 class PathMap:
+    """Where the trajectory's paths live in the work dir.
+
+    * an input's original path (absolute, e.g. Thyme's ``/eval/17127.jpg``, or relative) named by
+      a string constant of a cell is redirected to the input's copy in the work dir;
+    * every input is also present in the work dir (the cells' cwd) under its original relative
+      path (``images/stars.png``) and its bare file name (``stars.png``), so paths the code builds
+      at run time resolve too (hard links: like the one file of the original machine, a cell that
+      overwrites it changes what every name reads);
+    * ``/mnt/data/...`` (Thyme's output folder) is redirected into the work dir.
+    """
+
     def __init__(self, work_dir: str, originals: dict[str, str]) -> None:
         self.work_dir = work_dir.rstrip(os.sep)
         self.output_root = os.path.join(self.work_dir, OUTPUT_ROOT.strip("/"))
         # original path as the trajectory wrote it -> the input's path in the work dir
         self.inputs = {o: os.path.join(self.work_dir, n) for o, n in originals.items() if o}
+        taken = set(originals.values())
+        self.aliases: dict[str, str] = {}  # relative alias in the work dir -> input file name
+        for original, name in originals.items():
+            for alias in _relative_aliases(original):
+                if alias not in taken:
+                    taken.add(alias)
+                    self.aliases[alias] = name
 
     def prepare(self) -> None:
+        import shutil
+
         for name in OUTPUT_DIRS:
             os.makedirs(os.path.join(self.output_root, name), exist_ok=True)
+        for alias, name in self.aliases.items():
+            target = os.path.join(self.work_dir, alias)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                os.link(os.path.join(self.work_dir, name), target)
+            except OSError:
+                shutil.copyfile(os.path.join(self.work_dir, name), target)
 
     def map(self, text: str) -> str:
         if text in self.inputs:
@@ -583,6 +610,23 @@ class PathMap:
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 node.value = self.map(node.value)
         return tree
+
+
+def _relative_aliases(original: str) -> list[str]:
+    """Work-dir-relative names an input is also reachable by: its relative path (normalised,
+    never escaping the work dir) and its bare file name."""
+    if not original or original.startswith(("data:", "http://", "https://")) or "\x00" in original:
+        return []
+    original = original.removeprefix("file://")
+    out = []
+    if not os.path.isabs(original):
+        rel = os.path.normpath(original)
+        if not rel.startswith("..") and rel != "." and not rel.startswith(OUTPUT_ROOT.strip("/")):
+            out.append(rel)
+    base = os.path.basename(original)
+    if base and base not in (".", ".."):
+        out.append(base)
+    return list(dict.fromkeys(a for a in out if len(a) < 256))
 
 
 def split_last_expression(tree):
@@ -790,7 +834,7 @@ class Worker:
         for path in found:
             full = os.path.realpath(os.path.join(self.work_dir, path))
             rel = os.path.relpath(full, os.path.realpath(self.work_dir))
-            if rel.startswith(("..", os.sep)) or rel in self.inputs or not os.path.isfile(full):
+            if rel.startswith(("..", os.sep)) or rel in self.inputs or rel in self.paths.aliases or not os.path.isfile(full):
                 continue
             rels.append(rel)
         return list(dict.fromkeys(rels))
@@ -802,7 +846,11 @@ class Worker:
         shown, capture.items, capture.bytes = capture.items, [], 0
         after = snapshot_images(self.work_dir)
         inputs = set(self.inputs)
-        changed = sorted(p for p, sig in after.items() if p not in inputs and before.get(p) != sig)
+        changed, inodes = [], set()
+        for p in sorted(p for p, sig in after.items() if p not in inputs and before.get(p) != sig):
+            if after[p][2] not in inodes:  # one file under several names (an input's aliases) is one image
+                inodes.add(after[p][2])
+                changed.append(p)
         changed += [p for p in self.referenced_images(stdout) if p not in changed]
         for rel in changed:
             stem = _safe_stem(os.path.splitext(os.path.basename(rel))[0])

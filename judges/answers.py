@@ -13,7 +13,14 @@ rule that applies to the ground truth decides:
     written in: |pred − gold| ≤ max(half a unit of gold's last written digit, 1e-3 · |gold|)
     (so gold ``933`` rejects 938, gold ``12.5`` accepts 12.54, gold ``1/3`` accepts 0.3333).
     Units of a different kind (``5 kg`` vs ``5 m``) never match;
- 4. text: case-, space- and punctuation-insensitive equality.
+ 4. text: case-, space- and punctuation-insensitive equality, or a short ground truth (at most 4
+    words) stated as whole words in the prediction ("white" in "The cap is white");
+ 5. options spelled out in the question (lines ``A. text`` ... as DeepEyes' V* prompts write
+    them) whose text the ground truth is: the prediction picks the option whose own words (those
+    no other option has) it contains — "The man's cap is white." picks "A. The color of the man's
+    cap is white." — and must pick the ground truth's option (or name its letter).
+A prediction that is a sentence states its quantity after its last "is", "=", "equals" or
+"answer": "the flow from node (0) to node (2) is 10" answers 10, not 0.
 """
 
 from __future__ import annotations
@@ -195,6 +202,21 @@ def quantity(text: str) -> Quantity | None:
     return None
 
 
+_STATED = re.compile(r"(?:\bis\b|\bare\b|=|\bequals?\b|\banswer\b|:)", re.I)
+
+
+def stated_quantity(text: str) -> Quantity | None:
+    """The quantity a prediction states: in prose (three or more words) the first quantity after
+    its last "is"/"="/"equals"/"answer"/":", else its first quantity."""
+    if len(re.findall(r"[A-Za-z]{2,}", text)) >= 3:
+        cues = list(_STATED.finditer(text))
+        for cue in reversed(cues):
+            q = quantity(text[cue.end():])
+            if q is not None:
+                return q
+    return quantity(text)
+
+
 def first_number(text: str) -> float | None:
     q = quantity(text)
     return None if q is None else q.value
@@ -210,23 +232,59 @@ def _is_symbolic(text: str) -> bool:
     return bool(_VARIABLE.search(words)) and not re.search(r"[A-Za-z]{2,}", words) and len(text) < 120
 
 
-def answers_match(pred: str | None, gold: str | None, rel_tol: float = 1e-3) -> bool:
-    """True when the prediction states the ground truth (see module docstring for the rules)."""
+_OPTION_LINE = re.compile(r"^\s*\(?([A-H])[.)]\s+(\S.*?)\s*$", re.M)
+
+
+def question_options(question: str | None) -> dict[str, str]:
+    """Options spelled out in a question, one per line (``A. text``, ``(B) text``): letter -> text."""
+    found = dict(_OPTION_LINE.findall(question or ""))
+    return found if len(found) >= 2 else {}
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def chosen_option(pred: str, options: dict[str, str]) -> str | None:
+    """The option letter a prediction names, or whose own words (absent from every other option)
+    only it contains; None when that is not exactly one."""
+    letter = option_letter(pred)
+    if letter in options:
+        return letter
+    if any(_norm_text(pred) == _norm_text(t) for t in options.values()):
+        return next(k for k, t in options.items() if _norm_text(pred) == _norm_text(t))
+    words = _words(pred)
+    hits = []
+    for k, text in options.items():
+        own = _words(text) - set().union(*(_words(t) for j, t in options.items() if j != k))
+        if own and own & words:
+            hits.append(k)
+    return hits[0] if len(hits) == 1 else None
+
+
+def answers_match(
+    pred: str | None, gold: str | None, rel_tol: float = 1e-3, question: str | None = None
+) -> bool:
+    """True when the prediction states the ground truth (see module docstring for the rules);
+    ``question`` lets options spelled out in it decide (rule 5)."""
     if pred is None or gold is None:
         return False
     p, g = unwrap(pred), unwrap(gold)
     if not g:
         return False
     gl = option_letter(g)
+    options = question_options(question)
+    if gl is None and options:
+        gl = next((k for k, t in options.items() if _norm_text(t) == _norm_text(g)), None)
     if gl is not None:
-        return option_letter(p) == gl
+        return (chosen_option(p, options) if options else option_letter(p)) == gl
     if _is_symbolic(g) and unit_factor(g.split()[-1]) is None:
         ge, pe = to_sympy(g), to_sympy(p)
         if ge is not None and ge.free_symbols:
             return pe is not None and symbolic_equal(ge, pe)
     gq = quantity(g)
     if gq is not None:
-        pq = quantity(p)
+        pq = stated_quantity(p)
         if pq is None:
             return False
         if gq.kind is not None and pq.kind is not None:
@@ -235,4 +293,9 @@ def answers_match(pred: str | None, gold: str | None, rel_tol: float = 1e-3) -> 
             return abs(pq.value - gq.value) <= max(gq.half_unit, rel_tol * abs(gq.value), 1e-12)
         # a unit on one side only: compare the numbers as written
         return abs(pq.raw - gq.raw) <= max(gq.raw_half_unit, rel_tol * abs(gq.raw), 1e-12)
-    return bool(_norm_text(g)) and _norm_text(p) == _norm_text(g)
+    if not _norm_text(g):
+        return False
+    if _norm_text(p) == _norm_text(g):
+        return True
+    gold_words = re.findall(r"[a-z0-9]+", g.lower())
+    return 0 < len(gold_words) <= 4 and re.search(r"\b" + r"\W+".join(gold_words) + r"\b", p.lower()) is not None

@@ -16,7 +16,7 @@ from schemas import sample as S
 class ScientificAccuracyJudge:
     name = "metric/scientific_accuracy"
     dimension = "scientific_accuracy"
-    needs = (S.FINAL_ANSWER, S.GROUND_TRUTH)
+    needs = (S.FINAL_ANSWER, S.GROUND_TRUTH, S.QUESTION)
 
     def judge(self, row: dict[str, Any]) -> Verdict:
         gold, pred = row.get(S.GROUND_TRUTH), row.get(S.FINAL_ANSWER)
@@ -24,6 +24,6 @@ class ScientificAccuracyJudge:
             return Verdict(None, "no ground truth: unverifiable")
         if pred is None or not pred.strip():
             return Verdict(0.0, "no final answer")
-        if answers_match(pred, gold):
+        if answers_match(pred, gold, question=row.get(S.QUESTION)):
             return Verdict(1.0, f"final answer {pred.strip()[:40]!r} matches ground truth")
         return Verdict(0.0, f"final answer {pred.strip()[:40]!r} != ground truth {gold.strip()[:40]!r}")

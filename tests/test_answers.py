@@ -122,3 +122,29 @@ def test_units_and_quantities():
     assert unit_factor("stars") is None
     q = quantity("12.5 cm")
     assert q.kind == "length" and q.value == pytest.approx(0.125) and q.raw == 12.5
+
+
+VSTAR_QUESTION = (
+    "Question: What is the color of the man's cap?\nOptions: \nA. The color of the man's cap is white.\n"
+    "B. The color of the man's cap is blue.\nC. The color of the man's cap is black.\n"
+    "D. The color of the man's cap is red.\n\n\nThink first, call **image_zoom_in_tool** if needed, then answer."
+)
+# answers as real rollouts write them (DeepEyes V*, VisualSketchpad), read as a person reads them
+REAL_CASES = [
+    ("The man's cap is white.", "The color of the man's cap is white.", VSTAR_QUESTION, True),
+    ("The color of the man's cap is white.", "The color of the man's cap is white.", VSTAR_QUESTION, True),
+    ("A", "The color of the man's cap is white.", VSTAR_QUESTION, True),
+    ("The man's cap is blue.", "The color of the man's cap is white.", VSTAR_QUESTION, False),
+    ("The cap is white or blue.", "The color of the man's cap is white.", VSTAR_QUESTION, False),  # two options
+    ("The man's cap is white.", "A", VSTAR_QUESTION, True),
+    ("The maximum flow from the source node (0) to the sink node (2) is 10", "10", None, True),
+    ("The maximum flow from the source node (0) to the sink node (2) is 9", "10", None, False),
+    ("The cap is white", "white", None, True),
+    ("The cap is whitish grey", "white", None, False),
+    ("10", "10", None, True),
+]
+
+
+@pytest.mark.parametrize(("pred", "gold", "question", "expected"), REAL_CASES)
+def test_real_rollout_answers(pred, gold, question, expected):
+    assert answers_match(pred, gold, question=question) is expected

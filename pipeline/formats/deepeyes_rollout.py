@@ -40,6 +40,7 @@ Rules:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.formats.base import (
@@ -52,7 +53,7 @@ from pipeline.formats.base import (
     split_answer,
     turn,
 )
-from pipeline.formats.chat import normalize_messages, prompt_text, split_prompt
+from pipeline.formats.chat import Msg, normalize_messages, prompt_text, split_prompt
 from pipeline.formats.zoom_tools import FAILING_CALL, deepeyes_cell
 from schemas import sample as S
 
@@ -95,6 +96,54 @@ def parse_call(body: str) -> Any:
         return None
 
 
+def tool_call_turns(
+    rest: list[Msg],
+    ctx: RecordContext,
+    make_cell: Callable[[Any, int], str],
+    recorded: Callable[[list[Any]], list[Any]] = list,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """(turns, final answer) of a rollout whose assistant messages make ``<tool_call>`` calls
+    (DeepEyes rollouts, Pixel-Reasoner): the first call of each message becomes the cell
+    ``make_cell(parsed call, k)`` (k counts calls from 1; an unparseable call becomes a cell that
+    raises), the next user/tool message is its observation (its images, filtered by
+    ``recorded``); a rollout that answers without calling is a plain sample without code."""
+    turns: list[dict[str, Any]] = []
+    answer: str | None = None
+    pending: int | None = None  # the code turn waiting for its observation
+    calls = 0
+    for m in rest:
+        if m.role == "assistant":
+            body, found = split_answer(m.text)
+            answer = found if found is not None else answer
+            before, call, after = first_call(body)
+            if call is None:
+                if clean_text(before):
+                    turns.append(turn(clean_text(before)))
+                pending = None
+                continue
+            calls += 1
+            parsed = parse_call(call)
+            code = (
+                make_cell(parsed, calls)
+                if parsed is not None
+                else FAILING_CALL.format(message=f"tool call is not valid JSON: {call.strip()[:200]}")
+            )
+            turns.append(turn(call_text(call, before, after, CLOSE in body), code))
+            pending = len(turns) - 1
+        elif m.role in ("user", "tool") and pending is not None:
+            turns[pending][S.TURN_OBS_IMAGES] = [
+                resolve_image(r, ctx, f"obs_{pending}_{j}") for j, r in enumerate(recorded(m.image_refs))
+            ]
+            pending = None
+        elif m.role != "system":
+            raise InputError("unsupported_turns", f"a {m.role} message that answers no tool call")
+    if not turns:
+        if answer is None:
+            raise InputError("empty_trajectory")
+        turns.append(turn(answer))  # answered directly: a plain sample without code
+    return turns, answer
+
+
 class DeepEyesRollout:
     name = "deepeyes_rollout"
 
@@ -109,42 +158,10 @@ class DeepEyesRollout:
         question = drop_image_tokens(question or prompt_text(prompt))
         if not question:
             raise InputError("missing_field:question")
-        turns: list[dict[str, Any]] = []
-        answer: str | None = None
-        pending: int | None = None  # the code turn waiting for its observation
-        for m in rest:
-            if m.role == "assistant":
-                body, found = split_answer(m.text)
-                answer = found if found is not None else answer
-                before, call, after = first_call(body)
-                if call is None:
-                    if clean_text(before):
-                        turns.append(turn(clean_text(before)))
-                    pending = None
-                    continue
-                parsed = parse_call(call)
-                code = (
-                    deepeyes_cell(parsed, sum(1 for t in turns if t[S.TURN_CODE]) + 1, rules="vstar_eval")
-                    if parsed is not None
-                    else FAILING_CALL.format(message=f"tool call is not valid JSON: {call.strip()[:200]}")
-                )
-                reasoning = call_text(call, before, after, CLOSE in body)
-                turns.append(turn(reasoning, code))
-                pending = len(turns) - 1
-            elif m.role in ("user", "tool") and pending is not None:
-                recorded = [r for r in m.image_refs if not emptied(r)]
-                turns[pending][S.TURN_OBS_IMAGES] = [
-                    resolve_image(r, ctx, f"obs_{pending}_{j}") for j, r in enumerate(recorded)
-                ]
-                pending = None
-            elif m.role == "system":
-                continue
-            else:
-                raise InputError("unsupported_turns", f"a {m.role} message that answers no tool call")
-        if not turns:
-            if answer is None:
-                raise InputError("empty_trajectory")
-            turns.append(turn(answer))  # answered directly: a plain sample without code
+        turns, answer = tool_call_turns(
+            rest, ctx, lambda call, k: deepeyes_cell(call, k, rules="vstar_eval"),
+            recorded=lambda refs: [r for r in refs if not emptied(r)],
+        )
         images = self._inputs(record, prompt, ctx)
         return canonical_row(record, ctx, self.name, question=question, images=images, turns=turns,
                              final_answer=answer)

@@ -42,16 +42,11 @@ from pipeline.formats.base import (
     InputError,
     RecordContext,
     canonical_row,
-    clean_text,
     drop_image_tokens,
-    resolve_image,
-    split_answer,
-    turn,
 )
 from pipeline.formats.chat import load_refs, normalize_messages, prompt_text, split_prompt
-from pipeline.formats.deepeyes_rollout import CLOSE, call_text, first_call, parse_call
+from pipeline.formats.deepeyes_rollout import tool_call_turns
 from pipeline.formats.zoom_tools import FAILING_CALL, unsupported_tool
-from schemas import sample as S
 
 TOOL = "crop_image_normalized"
 
@@ -127,43 +122,7 @@ class PixelReasoner:
         if not question:
             raise InputError("missing_field:question")
         images = load_refs([r for m in prompt for r in m.image_refs], ctx, "input")
-        turns: list[dict[str, Any]] = []
-        answer: str | None = None
-        pending: int | None = None
-        calls = 0
-        for m in rest:
-            if m.role == "assistant":
-                body, found = split_answer(m.text)
-                answer = found if found is not None else answer
-                before, call, after = first_call(body)
-                if call is None:
-                    if clean_text(before):
-                        turns.append(turn(clean_text(before)))
-                    pending = None
-                    continue
-                calls += 1
-                parsed = parse_call(call)
-                code = (
-                    crop_cell(parsed, calls, len(images))
-                    if parsed is not None
-                    else FAILING_CALL.format(message=f"tool call is not valid JSON: {call.strip()[:200]}")
-                )
-                reasoning = call_text(call, before, after, CLOSE in body)
-                turns.append(turn(reasoning, code))
-                pending = len(turns) - 1
-            elif m.role in ("user", "tool") and pending is not None:
-                turns[pending][S.TURN_OBS_IMAGES] = [
-                    resolve_image(r, ctx, f"obs_{pending}_{j}") for j, r in enumerate(m.image_refs)
-                ]
-                pending = None
-            elif m.role == "system":
-                continue
-            else:
-                raise InputError("unsupported_turns", f"a {m.role} message that answers no tool call")
-        if not turns:
-            if answer is None:
-                raise InputError("empty_trajectory")
-            turns.append(turn(answer))
+        turns, answer = tool_call_turns(rest, ctx, lambda call, k: crop_cell(call, k, len(images)))
         return canonical_row(record, ctx, self.name, question=question, images=images, turns=turns,
                              final_answer=answer)
 

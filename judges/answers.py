@@ -16,9 +16,11 @@ rule that applies to the ground truth decides:
  4. text: case-, space- and punctuation-insensitive equality, or a short ground truth (at most 4
     words) stated as whole words in the prediction ("white" in "The cap is white");
  5. options spelled out in the question (lines ``A. text`` ... as DeepEyes' V* prompts write
-    them) whose text the ground truth is: the prediction picks the option whose own words (those
-    no other option has) it contains — "The man's cap is white." picks "A. The color of the man's
-    cap is white." — and must pick the ground truth's option (or name its letter).
+    them) whose text the ground truth is: the prediction names a letter, or picks the option whose
+    content words (those not shared by every option) it all states, the most specific one when
+    several fit — "The man's cap is white." picks "A. The color of the man's cap is white.",
+    "red and white" picks "red and white" over "red" — and it must be the ground truth's option;
+    a prediction that fits two options equally ("white or blue") picks none.
 A prediction that is a sentence states its quantity after its last "is", "=", "equals" or
 "answer": "the flow from node (0) to node (2) is 10" answers 10, not 0.
 """
@@ -254,12 +256,14 @@ def chosen_option(pred: str, options: dict[str, str]) -> str | None:
     if any(_norm_text(pred) == _norm_text(t) for t in options.values()):
         return next(k for k, t in options.items() if _norm_text(pred) == _norm_text(t))
     words = _words(pred)
-    hits = []
-    for k, text in options.items():
-        own = _words(text) - set().union(*(_words(t) for j, t in options.items() if j != k))
-        if own and own & words:
-            hits.append(k)
-    return hits[0] if len(hits) == 1 else None
+    shared = set.intersection(*(_words(t) for t in options.values()))
+    content = {k: _words(t) - shared for k, t in options.items()}
+    hits = [k for k, c in content.items() if c and c <= words]
+    if not hits:
+        return None
+    best = max(len(content[k]) for k in hits)
+    top = [k for k in hits if len(content[k]) == best]
+    return top[0] if len(top) == 1 else None
 
 
 def answers_match(

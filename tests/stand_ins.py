@@ -75,7 +75,9 @@ def deepeyes_stand_ins(jsonl: Path, dest: Path, limit: int | None = None) -> Pat
 def pixel_reasoner_stand_ins(json_file: Path, dest: Path, limit: int | None = None) -> dict[str, str]:
     """Stand-ins for the Pixel-Reasoner records' absolute image paths, under ``dest``; returns
     the ``ingest.path_map`` that points the author's prefix there. The recorded "crop" of each
-    record is cut from its stand-in original with the record's normalised box."""
+    record is what the tool would have shown: its stand-in original cut with the record's
+    normalised box padded by the tool's 0.1 (pipeline/formats/pixel_reasoner.py), at its own size
+    (the tool's resize is left to the replay: fidelity registers across sizes)."""
     records = json.loads(Path(json_file).read_text())[:limit]
     prefix = "/NEW_EDS"
     for k, rec in enumerate(records):
@@ -93,7 +95,8 @@ def pixel_reasoner_stand_ins(json_file: Path, dest: Path, limit: int | None = No
         for path, box in zip(images[1:], found, strict=False):
             if not path.startswith(prefix + "/"):
                 continue
-            x1, y1, x2, y2 = (int(v * s) for v, s in zip(box, (512, 512, 512, 512), strict=True))
+            padded = [box[0] - 0.1, box[1] - 0.1, box[2] + 0.1, box[3] + 0.1]
+            x1, y1, x2, y2 = (int(min(max(0.0, v), 1.0) * 512) for v in padded)
             crop = base.crop((x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)))
             target = dest / path[len(prefix) + 1 :]
             target.parent.mkdir(parents=True, exist_ok=True)

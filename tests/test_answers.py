@@ -129,6 +129,11 @@ VSTAR_QUESTION = (
     "B. The color of the man's cap is blue.\nC. The color of the man's cap is black.\n"
     "D. The color of the man's cap is red.\n\n\nThink first, call **image_zoom_in_tool** if needed, then answer."
 )
+BUOY_QUESTION = (
+    "Question: What is the color of the life buoy?\nOptions: \nA. The color of the life buoy is red and white.\n"
+    "B. The color of the life buoy is blue and white.\nC. The color of the life buoy is green and white.\n"
+    "D. The color of the life buoy is yellow and red."
+)
 # answers as real rollouts write them (DeepEyes V*, VisualSketchpad), read as a person reads them
 REAL_CASES = [
     ("The man's cap is white.", "The color of the man's cap is white.", VSTAR_QUESTION, True),
@@ -142,6 +147,9 @@ REAL_CASES = [
     ("The cap is white", "white", None, True),
     ("The cap is whitish grey", "white", None, False),
     ("10", "10", None, True),
+    ("The life buoy is red and white.", "The color of the life buoy is red and white.", BUOY_QUESTION, True),
+    ("The life buoy is red.", "The color of the life buoy is red and white.", BUOY_QUESTION, False),
+    ("It is yellow and red", "D", BUOY_QUESTION, True),
 ]
 
 

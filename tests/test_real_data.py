@@ -95,3 +95,27 @@ def test_deepeyes_and_pixel_reasoner_zooms_replay_with_stand_in_images(ray_local
         assert r["input_error"] is None, r["input_detail"]
         assert r["replay"] and r["replay_status"] == "ok", [(c["status"], c["error"][-300:]) for c in r["replay"]]
         assert all(c["images"] for c in r["replay"]), "every zoom produced its crop"
+
+
+def test_answers_judged_as_deepeyes_own_evaluation_judged_them(tmp_path):
+    """The rollouts carry DeepEyes' own verdict (``acc``, from its V* evaluation); our
+    scientific-accuracy judge reads the same answers against the question's options (sentences
+    such as "The mailbox is black.", bare words such as "Purple") and must agree."""
+    from judges.scientific_accuracy import ScientificAccuracyJudge
+    from pipeline.config import IngestConfig
+    from pipeline.ingest import parse_payload
+
+    judge = ScientificAccuracyJudge()
+    lines = DEEPEYES.read_bytes().splitlines()
+    cfg = IngestConfig(image_roots=[deepeyes_stand_ins(DEEPEYES, tmp_path / "vstar")])
+    disagree = []
+    for k, line in enumerate(lines):
+        row = parse_payload(line, str(DEEPEYES), k, cfg)
+        assert row["input_error"] is None, row["input_detail"]
+        assert row["question"].startswith("Question:") and "\nA. " in row["question"], row["question"]
+        ours = judge.judge(row).score
+        theirs = json.loads(line)["acc"]
+        if ours != theirs:
+            disagree.append((row["final_answer"], row["ground_truth"], theirs))
+    print(f"agreement with DeepEyes' own evaluation: {len(lines) - len(disagree)}/{len(lines)}")
+    assert len(disagree) <= len(lines) // 50, disagree[:10]

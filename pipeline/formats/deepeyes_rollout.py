@@ -32,6 +32,10 @@ Rules:
     ``smart_resize`` to multiples of 28 with at least 4*28*28 pixels), saving ``zoom_<k>.png``.
     The user turn after a call is its observation: its text is the evaluation's instruction,
     not tool output, so no observation text is recorded.
+  * The question is the prompt's text as the model saw it — ``Question: ...`` with its
+    ``Options:`` lines (the scientific-accuracy judge reads an answer such as "Purple" against
+    them) — without the evaluation's fixed "Think first, call **image_zoom_in_tool** ..."
+    instruction; the record's bare ``question`` field is the fallback.
   * The final answer is the last ``<answer>``; the ground truth is ``answer``. ``pred_ans``,
     ``status`` and ``acc`` are the model's own evaluation and are not kept.
   * A rollout whose assistant answers without calling the tool is a plain sample (no code).
@@ -40,6 +44,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +63,9 @@ from pipeline.formats.zoom_tools import FAILING_CALL, deepeyes_cell
 from schemas import sample as S
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# the evaluation's fixed instruction after the question and its options; the model saw the options,
+# so the question is the prompt's text (options included) without this line
+_INSTRUCTION = re.compile(r"\s*Think first, call \*\*image_zoom_in_tool\*\* if needed.*\Z", re.S)
 
 
 def emptied(ref: Any) -> bool:
@@ -154,8 +162,9 @@ class DeepEyesRollout:
     def to_row(self, record: dict[str, Any], ctx: RecordContext) -> dict[str, Any]:
         msgs = normalize_messages({"messages": record["pred_output"]}, match_images=False)
         prompt, rest = split_prompt(msgs)
-        question = record.get("question") if isinstance(record.get("question"), str) else None
-        question = drop_image_tokens(question or prompt_text(prompt))
+        question = drop_image_tokens(_INSTRUCTION.sub("", prompt_text(prompt)))
+        if not question.strip() and isinstance(record.get("question"), str):
+            question = record["question"]
         if not question:
             raise InputError("missing_field:question")
         turns, answer = tool_call_turns(

@@ -5,8 +5,11 @@ The target model sees an image of W×H pixels scaled by s(W, H) = min(1, sqrt(B 
 B = visual_tokens · patch_px² (default 1280 · 28² ≈ 1.0 MP, the common Qwen-VL budget).
 
 For every image O (w×h) that the replay produced:
- 1. Register O in each input image I by multi-scale normalised cross-correlation; when the
-    best correlation is ≥ 0.6, O shows region R of I magnified by k = w / R_w.
+ 1. Register O in each input image I by normalised cross-correlation, coarse to fine (scale
+    proposals on 256/512-px thumbnails, then the best few checked around their position at up to
+    full resolution, scale to 2^(1/64); see register()); when the best correlation is ≥ 0.6, O
+    shows region R of I magnified by k = w / R_w. Each input is decoded once per row (a few recent
+    ones are kept per judge actor, by sha256).
  2. Zoom relative to what the model already saw: z = k · s(w, h) / s(W, H).
  3. Lost detail: L = Σ(O' − up(down(O', 1/z)))² / Σ(O' − mean O')² with O' = O at its own budget
     view: the share of O's contrast energy that would vanish at the resolution the model had for R.
@@ -22,8 +25,10 @@ code but no produced images scores 0, a sample without input images cannot be sc
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +44,18 @@ REGISTER_MIN_CORR = 0.6
 FULL_GAIN_LOSS = 0.2
 MIN_ZOOM = 1.05
 MIN_SIDE = 28
-THUMB_SIDE = 1024
 MIN_TEMPLATE = 10
-COARSE_SIDE = 512
+COARSE_SIDE = 256
+COARSE_MIN_TEMPLATE = 16
+MID_SIDE = 512
+FINE_SIDE = 256
 ZOOM_GRID = tuple(2 ** (i / 8) for i in range(-16, 33))  # 0.25x .. 16x
+PROPOSAL_GRID = ZOOM_GRID[::2]  # steps of 2^(1/4)
+PROPOSALS_PER_LEVEL = 2
+REFINED = 4
+COMMON_ZOOMS = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 1 / 2, 1 / 3, 1 / 4)
+PREPARED_CACHE = 4
+SURE_CORR = 0.95  # a refined match this good ends the search
 
 
 def budget_scale(width: int, height: int, budget_px: float) -> float:
@@ -61,52 +74,162 @@ class Registration:
     box: tuple[int, int, int, int]  # region of the original (x, y, w, h)
 
 
-def _match(thumb: np.ndarray, output: np.ndarray, a: float, k: float) -> Registration | None:
-    h, w = output.shape
+View = tuple[np.ndarray, float, int, int]  # blurred image, scale a, its origin (x, y) in the input
+
+
+def _view(gray: np.ndarray, a: float, sigma: float, x: int = 0, y: int = 0) -> View:
+    h, w = gray.shape
+    t = gray if a >= 1.0 else cv2.resize(gray, (max(1, round(w * a)), max(1, round(h * a))),
+                                          interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(t, (0, 0), sigma), min(a, 1.0), x, y
+
+
+class Prepared:
+    """An input image with its blurred search thumbnails, built once and reused for every produced
+    image compared against it (the judge keeps a few of these per input sha256)."""
+
+    def __init__(self, gray: np.ndarray):
+        self.gray = gray
+        self.shape = gray.shape
+        H, W = gray.shape
+        a = min(1.0, MID_SIDE / max(H, W))
+        self.mid = _view(gray, a, 1.5)
+        b = min(1.0, COARSE_SIDE / max(H, W))
+        self.coarse = _view(gray, b, 1.0)
+
+
+class _Output:
+    """A produced image with a halving pyramid, so each template is resized from a source at most
+    ~2x its size instead of from the full-resolution output at every scale."""
+
+    def __init__(self, gray: np.ndarray):
+        self.shape = gray.shape
+        self._pyramid = [gray]
+        while min(self._pyramid[-1].shape) >= 64:
+            g = self._pyramid[-1]
+            self._pyramid.append(cv2.resize(g, (g.shape[1] // 2, g.shape[0] // 2), interpolation=cv2.INTER_AREA))
+
+    def template(self, tw: int, th: int) -> np.ndarray:
+        src = self._pyramid[0]
+        for g in self._pyramid[1:]:
+            if g.shape[1] < 2 * tw or g.shape[0] < 2 * th:
+                break
+            src = g
+        return cv2.GaussianBlur(cv2.resize(src, (tw, th), interpolation=cv2.INTER_AREA), (0, 0), 1.0)
+
+
+def _match(view: View, out: _Output, k: float,
+           near: tuple[int, int] | None = None, margin: float = 0.0) -> Registration | None:
+    """Best normalised correlation of ``out`` magnified ``k``x over the view or, when ``near`` (a
+    top-left corner in input pixels) is given, over a window ``margin`` template sizes (+4 px)
+    around it."""
+    img, a, vx, vy = view
+    h, w = out.shape
     tw, th = round(w * a / k), round(h * a / k)
-    if min(tw, th) < MIN_TEMPLATE or tw > thumb.shape[1] or th > thumb.shape[0]:
+    if min(tw, th) < MIN_TEMPLATE or tw > img.shape[1] or th > img.shape[0]:
         return None
-    templ = cv2.GaussianBlur(cv2.resize(output, (tw, th), interpolation=cv2.INTER_AREA), (0, 0), 1.0)
+    ox = oy = 0
+    if near is not None:
+        mx, my = round(4 + margin * tw), round(4 + margin * th)
+        ox = min(max(0, round((near[0] - vx) * a) - mx), img.shape[1] - tw)
+        oy = min(max(0, round((near[1] - vy) * a) - my), img.shape[0] - th)
+        img = img[oy : min(img.shape[0], oy + th + 2 * my), ox : min(img.shape[1], ox + tw + 2 * mx)]
+    templ = out.template(tw, th)
     if templ.std() < 1.0:
         return None
-    res = cv2.matchTemplate(thumb, templ, cv2.TM_CCOEFF_NORMED)
+    res = cv2.matchTemplate(img, templ, cv2.TM_CCOEFF_NORMED)
     # Flat windows make the normalised correlation degenerate (OpenCV reports 1.0): exclude them.
-    t = thumb.astype(np.float32)
+    t = img.astype(np.float32)
     mean = cv2.boxFilter(t, -1, (tw, th), normalize=True, borderType=cv2.BORDER_ISOLATED)
     sq = cv2.boxFilter(t * t, -1, (tw, th), normalize=True, borderType=cv2.BORDER_ISOLATED)
     x0, y0 = tw // 2, th // 2
     var = (sq - mean * mean)[y0 : y0 + res.shape[0], x0 : x0 + res.shape[1]]
     res = np.where(var > 1.0, np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0), -1.0)
     _, corr, _, loc = cv2.minMaxLoc(res)
-    return Registration(float(corr), k, (round(loc[0] / a), round(loc[1] / a), round(w / k), round(h / k)))
+    return Registration(float(corr), k, (vx + round((loc[0] + ox) / a), vy + round((loc[1] + oy) / a),
+                                         round(w / k), round(h / k)))
 
 
-def _thumb(original: np.ndarray, side: int, sigma: float) -> tuple[np.ndarray, float]:
-    H, W = original.shape
-    a = min(1.0, side / max(H, W))
-    t = cv2.resize(original, (max(1, round(W * a)), max(1, round(H * a))), interpolation=cv2.INTER_AREA)
-    return cv2.GaussianBlur(t, (0, 0), sigma), a
+def _best(candidates) -> Registration | None:
+    found = [r for r in candidates if r is not None]
+    return max(found, key=lambda r: r.corr) if found else None
 
 
-def register(original: np.ndarray, output: np.ndarray) -> Registration | None:
+def _proposals(ref: Prepared, out: _Output) -> list[Registration]:
+    H, W = ref.shape
+    h, w = out.shape
+    proposals: list[Registration] = []
+    for view in (ref.coarse, ref.mid):
+        found = []
+        for k in sorted({*PROPOSAL_GRID, *COMMON_ZOOMS, w / W, h / H}):
+            # A scale is searched on the smallest thumbnail where its template is large enough.
+            small = min(w, h) * ref.coarse[1] / k < COARSE_MIN_TEMPLATE
+            if (view is ref.coarse) != small and (r := _match(view, out, k)) is not None:
+                found.append(r)
+        kept: list[Registration] = []
+        for r in sorted(found, key=lambda r: -r.corr):
+            if all(abs(math.log2(r.zoom_k / q.zoom_k)) > 0.3 for q in kept):
+                kept.append(r)
+            if len(kept) == PROPOSALS_PER_LEVEL:
+                break
+        proposals += kept
+    return proposals
+
+
+def _refine(ref: Prepared, out: _Output, best: Registration) -> Registration | None:
+    """Scales best·2^(i/64), |i| <= 9, in the input cropped around ``best`` and seen at up to
+    full resolution (the region's long side at most FINE_SIDE px): steps of 6/64, then 3/64 and
+    1/64 around the best so far (the correlation is unimodal in scale near a match), then the
+    COMMON_ZOOMS and whole-image resize scales within 1.5/64 of the result."""
+    H, W = ref.shape
+    x, y, w, h = best.box
+    pad = round(0.15 * max(w, h) + 4 / ref.mid[1])
+    x0, y0 = max(0, x - pad), max(0, y - pad)
+    x1, y1 = min(W, x + w + pad), min(H, y + h + pad)
+    view = _view(ref.gray[y0:y1, x0:x1], FINE_SIDE / max(w, h, 1), 1.0, x0, y0)
+    k0, cur = best.zoom_k, None
+    for offsets in ((-6, 0, 6), (-3, 3), (-1, 1)):
+        centre = 0 if cur is None else round(64 * math.log2(cur.zoom_k / k0))
+        cur = _best([cur, *(_match(view, out, k0 * 2 ** ((centre + i) / 64))
+                            for i in offsets if abs(centre + i) <= 9)])
+        if cur is None:
+            return None
+    # Code zooms by round factors or resizes the whole image: prefer those scales when they fit as well.
+    h, w = out.shape
+    H, W = ref.shape
+    snaps = [k for k in (*COMMON_ZOOMS, w / W, h / H) if abs(math.log2(k / cur.zoom_k)) <= 1.5 / 64]
+    return _best([cur, *(r for k in snaps if (r := _match(view, out, k)) and r.corr >= cur.corr - 1e-3)])
+
+
+def register(original: np.ndarray | Prepared, output: np.ndarray) -> Registration | None:
     """Find where ``output`` sits in ``original`` and at what magnification (None if nowhere).
 
-    Coarse search on a 512-px thumbnail over ZOOM_GRID (steps of 2^(1/8)) plus the scales of
-    common whole-image resizes, then a fine search on a 1024-px thumbnail (steps of 2^(1/64))
-    around the best coarse scale. Both sides are blurred so resampling artefacts do not matter.
+    Coarse to fine, in position and in scale (both sides blurred so resampling artefacts do not
+    matter; a template is never smaller than MIN_TEMPLATE px):
+     1. proposals: whole-thumbnail search over ZOOM_GRID in steps of 2^(1/4) plus COMMON_ZOOMS and
+        the scales of whole-image resizes (sharp line drawings match only within a few % of scale), on a 256-px thumbnail, or on the 512-px one for scales whose
+        template would be too small there; the two best scales of each thumbnail (not adjacent
+        grid steps) go on;
+     2. at 512 px, each proposal ±2^(1/8) in a window around its position; the best REFINED go on;
+     3. around each, at up to full resolution, scales within ±2^(1/8) to a step of 2^(1/64); the
+        highest correlation there wins.
     """
-    H, W = original.shape
-    h, w = output.shape
-    coarse, a = _thumb(original, COARSE_SIDE, 1.5)
-    scales = sorted({*ZOOM_GRID, w / W, h / H, *(f for f in (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 1 / 2, 1 / 3, 1 / 4))})
-    candidates = [r for k in scales if (r := _match(coarse, output, a, k)) is not None]
-    if not candidates:
+    ref = original if isinstance(original, Prepared) else Prepared(original)
+    out = _Output(output)
+    proposals = _proposals(ref, out)
+    if not proposals:
         return None
-    best = max(candidates, key=lambda r: r.corr)
-    fine_thumb, a = _thumb(original, THUMB_SIDE, 1.0)
-    fine = [best.zoom_k * 2 ** (i / 64) for i in range(-8, 9)]
-    candidates = [r for k in fine if (r := _match(fine_thumb, output, a, k)) is not None]
-    return max(candidates, key=lambda r: r.corr) if candidates else best
+    mids = [_best(_match(ref.mid, out, p.zoom_k * 2 ** (j / 8), p.box[:2], 0.25) for j in (-1, 0, 1)) or p
+            for p in proposals]
+    mids.sort(key=lambda r: -r.corr)
+    # Blurred thumbnails confuse self-similar content (concentric contours, hatching): the best few
+    # go on, and the input's own pixels decide between them.
+    found: list[Registration] = []
+    for m in mids[:REFINED]:
+        found.append(_refine(ref, out, m) or m)
+        if found[-1].corr >= SURE_CORR:
+            break
+    return _best(found)
 
 
 def lost_detail(view: np.ndarray, zoom: float) -> float:
@@ -133,17 +256,18 @@ def _fit(view: np.ndarray, budget_px: float) -> np.ndarray:
     return cv2.resize(view, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
-def image_gain(original: np.ndarray, output: np.ndarray, budget_px: float) -> tuple[float, str]:
+def image_gain(original: np.ndarray | Prepared, output: np.ndarray, budget_px: float) -> tuple[float, str]:
     """Gain of one produced image against one input image, with the reason."""
+    ref = original if isinstance(original, Prepared) else Prepared(original)
     h, w = output.shape
     if min(h, w) < MIN_SIDE:
         return 0.0, f"output {w}x{h} too small"
     if output.std() < 2.0:
         return 0.0, "output blank"
-    H, W = original.shape
-    reg = register(original, output)
+    H, W = ref.shape
+    reg = register(ref, output)
     if reg is None or reg.corr < REGISTER_MIN_CORR:
-        a = cv2.resize(original, (256, 256), interpolation=cv2.INTER_AREA)
+        a = cv2.resize(ref.gray, (256, 256), interpolation=cv2.INTER_AREA)
         b = cv2.resize(output, (256, 256), interpolation=cv2.INTER_AREA)
         change = 1.0 - max(0.0, structural_similarity(a, b, data_range=255))
         return 0.5 * change, f"transform (not a region of the input), change {change:.2f}"
@@ -162,6 +286,19 @@ class VisualGainJudge:
 
     def __init__(self, visual_tokens: int = 1280, patch_px: int = 28):
         self.budget_px = float(visual_tokens * patch_px * patch_px)
+        self._cache: OrderedDict[str, Prepared] = OrderedDict()  # input sha256 -> decoded + thumbnails
+
+    def _prepared(self, image: dict[str, Any]) -> Prepared:
+        """Each input decoded once per actor while it is among the PREPARED_CACHE most recent ones
+        (best-of-n rollouts and multi-image rows share inputs)."""
+        key = image.get(S.IMG_SHA256) or hashlib.sha256(image[S.IMG_BYTES]).hexdigest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        ref = self._cache[key] = Prepared(_gray(image[S.IMG_BYTES]))
+        while len(self._cache) > PREPARED_CACHE:
+            self._cache.popitem(last=False)
+        return ref
 
     def judge(self, row: dict[str, Any]) -> Verdict:
         inputs = row.get(S.IMAGES) or []
@@ -171,7 +308,7 @@ class VisualGainJudge:
         produced = [img for c in cells for img in (c[S.CELL_IMAGES] or [])]
         if not produced:
             return Verdict(0.0, "no image produced by the replay" if cells else "no code cells")
-        originals = [_gray(i[S.IMG_BYTES]) for i in inputs]
+        originals = [self._prepared(i) for i in inputs]
         best, best_why = 0.0, ""
         for img in produced:
             out = _gray(img[S.IMG_BYTES])

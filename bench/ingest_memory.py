@@ -3,8 +3,9 @@
 Generates N tiny records (a mix of the native, Thyme SFT and sharegpt formats, in JSONL and JSON
 array files; every record points at one of a few shared small PNGs), then runs the ingest part of
 the pipeline exactly as ``twi-curate run`` wires it (plan streamed to disk by the driver ->
-optional dedup key pass -> ingest read tasks on Ray workers -> Parquet, one Ray Data execution
-per window of ``ingest.tasks_per_window`` read tasks) and samples the DRIVER's resident memory
+optional light dedup key pass -> ingest read tasks on Ray workers, writing the image keys with
+``--dedup`` -> Parquet, one Ray Data execution per window of ``ingest.tasks_per_window`` read
+tasks -> with ``--dedup`` the grouping of the keys by DuckDB) and samples the DRIVER's resident memory
 (/proc/self/status VmRSS every 20 ms, plus ru_maxrss). Each N runs in a fresh process so both
 start from the same baseline; the ratio of the peaks (and of the growth after ``ray.init``) is
 the number that matters.
@@ -90,7 +91,7 @@ def worker(corpus: Path, out: Path, dedup: bool) -> dict:
     sampler = PeakSampler()
     sampler.start()
     from pipeline.config import DedupConfig, RunConfig
-    from pipeline.dedup import attach_verdicts
+    from pipeline.dedup import GROUPS_FILE, KEYS_DIR, attach_verdicts, compact_keys, key_files, post_verdicts
     from pipeline.ingest import discover_inputs, iter_read_tasks, read_plan, write_plan
     from pipeline.run import dedup_verdicts, ingest_dataset, init_ray
 
@@ -105,8 +106,13 @@ def worker(corpus: Path, out: Path, dedup: bool) -> dict:
     plan = out / "work" / "plan.jsonl"
     records, n_tasks = write_plan(iter_read_tasks(discover_inputs([corpus]), cfg.ingest.lines_per_task), plan)
     verdicts, counts = dedup_verdicts(read_plan(plan, cfg.ingest.tasks_per_window), cfg, None, out / "work")
-    for window in read_plan(plan, cfg.ingest.tasks_per_window):
-        ingest_dataset(attach_verdicts(window, verdicts), cfg).write_parquet(str(out / "rows"))
+    keys_dir = out / "work" / KEYS_DIR if dedup else None  # image keys come out of the main pass's ingest
+    for k, window in enumerate(read_plan(plan, cfg.ingest.tasks_per_window)):
+        ingest_dataset(attach_verdicts(window, verdicts), cfg, keys_dir).write_parquet(str(out / "rows"))
+        if keys_dir is not None:
+            compact_keys(keys_dir, f"window-{k:06d}")
+    if keys_dir is not None:  # the post-pass's grouping (best-of-N itself needs replayed, judged rows)
+        post_verdicts(key_files(keys_dir), cfg.dedup, None, out / "work", groups_path=out / "work" / GROUPS_FILE)
     elapsed = time.perf_counter() - started
     sampler.stop.set()
     sampler.join()

@@ -1,7 +1,32 @@
-"""Pipeline throughput on the bundled corpus: samples/s with Ray on 1 CPU and on 2 CPUs,
-measured side by side in one run (each in a fresh process so Ray starts with that many CPUs).
+"""Pipeline throughput against its limit, side by side in one invocation (issue 12, P8).
 
-    python bench/pipeline.py [--n 48] [--repeat 1]
+On a sample corpus of ``--n`` records (default 480, built once and cached under
+``$TWI_CURATE_CACHE`` or ``~/.cache/twi-curate``), each measurement in a fresh process:
+
+  (L) the limit: every code cell of the corpus executed once in-process, no isolation, with the
+      trajectory's state and its inputs preloaded (bench/sandbox.py design (c), same malloc
+      settings as the sandbox). Hostile records are left out: they must never run unsandboxed.
+      L = the summed seconds of that work (writing and decoding the inputs, the cells, reading
+      back the images they produced) on one CPU.
+  (P) the full pipeline (``run_pipeline`` with the default config) with Ray started at 2 CPUs
+      and at 1 CPU, the process pinned to that many cores (Ray's ``num_cpus`` alone does not
+      stop a "1-CPU" run from using every core). Two walls per run: the whole run (Ray start, plan, sandbox check, dedup
+      pre-pass, the streamed execute, best-of-N, manifest) and the execute part alone.
+      P2 = whole-run wall x 2 CPUs of the 2-CPU run.
+
+Prints both and writes to ``--json FILE``::
+
+    {"cost_ratio": P2 / L, "speedup_1_to_2": whole wall 1 CPU / whole wall 2 CPUs,
+     "stage_busy_s": {stage: busy seconds of the 2-CPU run}, "samples_per_s": of the 2-CPU run
+     (whole run), ...}
+
+plus the same quantities on the execute part (``*_execute``), ``stage_cpu_s`` (CPU seconds the
+stage used, sandbox processes included for replay) and the raw numbers of each run. Busy seconds
+of stages that overlap on 2 cores include time spent waiting for a core; CPU seconds do not, and
+(with L's CPU seconds) stay comparable on a shared, noisy machine. Every run has a
+``--timeout``: a stall fails the benchmark instead of hanging it.
+
+    python bench/pipeline.py [--n 480] [--json FILE] [--timeout 3600]
 """
 
 from __future__ import annotations
@@ -16,54 +41,157 @@ import time
 from pathlib import Path
 
 # `python bench/pipeline.py` puts bench/ first on sys.path, where this file would shadow the
-# `pipeline` package: look up the project instead.
+# `pipeline` package: look up the project instead (bench.sandbox is then importable too).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+CPU_COUNTS = (2, 1)
 
-def worker(corpus: Path, cpus: int, out: Path) -> None:
+
+def pin_cpus(cpus: int) -> list[int]:
+    """Restrict this process (and everything it starts: Ray, its workers, the sandboxes) to
+    ``cpus`` cores. Ray's ``num_cpus`` is bookkeeping, not a quota: unpinned, a "1-CPU" run still
+    spreads its stages over every core, and wall x CPUs would understate its cost."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < cpus:
+        sys.exit(f"bench/pipeline.py: {cpus} CPUs asked, this process may use only {len(cores)} ({cores})")
+    os.sched_setaffinity(0, cores[:cpus])
+    return cores[:cpus]
+
+
+def corpus_path(n: int) -> Path:
+    from pipeline.cli import cache_dir
+    from pipeline.sample_corpus import ensure_sample_corpus
+
+    return ensure_sample_corpus(cache_dir() / f"sample-corpus-n{n}-s0", n=n, seed=0)
+
+
+def limit_worker(corpus: Path) -> dict:
+    """(L), in this (fresh) process: bench/sandbox.py's in-process design (c) over every cell."""
+    from bench.sandbox import load_trajectories, run_inprocess
+
+    pin_cpus(1)
+    trajs = load_trajectories(0, corpus)
+    start, cpu = time.perf_counter(), time.process_time()
+    per_cell = run_inprocess(trajs)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"trajectories": len(trajs), "cells": len(per_cell), "seconds": sum(per_cell), "wall_s": wall,
+            "cpu_s": cpu, "loadavg": os.getloadavg()[0]}
+
+
+def pipeline_worker(corpus: Path, cpus: int, out: Path) -> dict:
+    """(P), in this (fresh) process: Ray at ``cpus`` CPUs, the whole run timed from before Ray starts."""
+    cores = pin_cpus(cpus)
+    start = time.perf_counter()
     from pipeline.config import RunConfig
+    from pipeline.evaluate import agreement
     from pipeline.run import init_ray, run_pipeline
 
+    t0 = time.perf_counter()
     init_ray(quiet=True, num_cpus=cpus)
-    start = time.perf_counter()
+    ray_init_s = time.perf_counter() - t0
     manifest = run_pipeline([corpus], out, RunConfig(), quiet=True, num_cpus=cpus)
-    elapsed = time.perf_counter() - start
-    print(json.dumps({"cpus": cpus, "records": manifest["input_records"], "seconds": elapsed,
-                      "execute_s": manifest["timings"]["execute_s"]}))
+    wall = time.perf_counter() - start
+    t = {**manifest["timings"], "ray_init_s": round(ray_init_s, 3)}  # Ray started here, not in run_pipeline
+    ev = agreement(out, corpus.parent / "labels.jsonl")
+    return {
+        "cpus": cpus,
+        "cores": cores,
+        "records": manifest["input_records"],
+        "wall_s": wall,
+        "execute_s": t["execute_s"],
+        "timings": {k: v for k, v in t.items() if k != "stages"},
+        "stages": t.get("stages", {}),
+        "agreement": f"{ev['agree']}/{ev['labeled']}",
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+def _run(args: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:
+    what = " ".join(args)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *args],
+            capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        )
+    except subprocess.TimeoutExpired:
+        sys.exit(f"bench/pipeline.py: `{what}` did not finish within {timeout:.0f} s (stalled?); "
+                 "raise --timeout if the machine is just slow")
+    if proc.returncode != 0:
+        sys.exit(f"bench/pipeline.py: `{what}` failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(n: int, lim: dict, runs: dict[int, dict]) -> dict:
+    p2, p1 = runs[2], runs[1]
+    L = lim["seconds"]
+    stages = {k: v["busy_s"] for k, v in sorted(p2["stages"].items())}
+    return {
+        "n": n,
+        "cost_ratio": round(p2["wall_s"] * 2 / L, 3),
+        "speedup_1_to_2": round(p1["wall_s"] / p2["wall_s"], 3),
+        "stage_busy_s": stages,
+        "stage_cpu_s": {k: v.get("cpu_s") for k, v in sorted(p2["stages"].items())},
+        "samples_per_s": round(p2["records"] / p2["wall_s"], 3),
+        "cost_ratio_execute": round(p2["execute_s"] * 2 / L, 3),
+        "speedup_1_to_2_execute": round(p1["execute_s"] / p2["execute_s"], 3),
+        "samples_per_s_execute": round(p2["records"] / p2["execute_s"], 3),
+        "limit": {k: round(v, 3) if isinstance(v, float) else v for k, v in lim.items()},
+        "runs": {str(c): r for c, r in runs.items()},
+    }
+
+
+def report(s: dict) -> None:
+    lim, r2, r1 = s["limit"], s["runs"]["2"], s["runs"]["1"]
+    print(f"corpus: {s['n']} sample-corpus records")
+    print(f"(L) limit, in-process, no isolation: {lim['cells']} cells of {lim['trajectories']} non-hostile "
+          f"trajectories, {lim['seconds']:.1f} s of work on 1 CPU ({lim['seconds'] / max(lim['cells'], 1) * 1000:.0f} ms/cell; {lim['cpu_s']:.1f} s CPU time; "
+          f"1-min load average at the end {lim['loadavg']:.1f})")
+    for r in (r2, r1):
+        t = r["timings"]
+        print(f"(P) {r['cpus']} CPU(s): whole run {r['wall_s']:.1f} s wall (Ray start {t.get('ray_init_s', 0):.1f}, "
+              f"plan {t.get('plan_s', 0):.1f}, sandbox check {t.get('sandbox_check_s', 0):.1f}, "
+              f"dedup pre-pass {t.get('dedup_s', 0):.1f}, execute {r['execute_s']:.1f}, "
+              f"best-of-N {t.get('best_of_n_s', 0):.1f}); {r['records'] / r['wall_s']:.2f} samples/s; "
+              f"agreement {r['agreement']}; load average at the end {r['loadavg']:.1f}")
+        print("      stage busy s / CPU s (rows; busy ms/sample, CPU ms/sample): " + ", ".join(
+            f"{k} {v['busy_s']:.1f} / {v.get('cpu_s', 0):.1f} ({v['rows']:.0f}; "
+            f"{v['busy_s'] / max(v['rows'], 1) * 1000:.0f}, {v.get('cpu_s', 0) / max(v['rows'], 1) * 1000:.0f})"
+            for k, v in sorted(r["stages"].items())))
+    print(f"cost_ratio = P2/L = whole-run wall x 2 CPUs / L = {s['cost_ratio']:.2f}   "
+          f"(execute part only: {s['cost_ratio_execute']:.2f})")
+    print(f"speedup 1 -> 2 CPUs (whole run): {s['speedup_1_to_2']:.2f}x   "
+          f"(execute part only: {s['speedup_1_to_2_execute']:.2f}x)")
+    print(f"samples/s at 2 CPUs (whole run): {s['samples_per_s']:.2f}   (execute part: {s['samples_per_s_execute']:.2f})")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=48)
-    ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run before giving up")
-    ap.add_argument("--worker", nargs=3, metavar=("CORPUS", "CPUS", "OUT"), help=argparse.SUPPRESS)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=480, help="sample-corpus records (>= 480 amortises start-up costs)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run before giving up")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(Path(args.worker[0]), int(args.worker[1]), Path(args.worker[2]))
+        kind, corpus = args.worker[0], Path(args.worker[1])
+        result = limit_worker(corpus) if kind == "limit" else pipeline_worker(corpus, int(args.worker[2]), Path(args.worker[3]))
+        print(json.dumps(result))
         return
-    from pipeline.sample_corpus import ensure_sample_corpus
+    from pipeline.sandbox.process import MALLOC_TUNABLES
 
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = ensure_sample_corpus(Path(tmp) / "corpus", n=args.n, seed=0)
-        results: dict[int, list[float]] = {1: [], 2: []}
-        for _ in range(args.repeat):
-            for cpus in (1, 2):  # interleaved so machine noise hits both alike
-                try:
-                    proc = subprocess.run(
-                        [sys.executable, __file__, "--worker", str(corpus), str(cpus), str(Path(tmp) / f"out{cpus}")],
-                        check=True, capture_output=True, text=True, timeout=args.timeout,
-                        env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
-                    )
-                except subprocess.TimeoutExpired:
-                    sys.exit(f"the run on {cpus} CPU(s) did not finish within {args.timeout} s (stalled?)")
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-                results[cpus].append(r["records"] / r["execute_s"])
-        best = {c: max(v) for c, v in results.items()}
-        print(f"records: {args.n}")
-        for c in (1, 2):
-            print(f"{c} CPU: {best[c]:.2f} samples/s (runs: {', '.join(f'{x:.2f}' for x in results[c])})")
-        print(f"speedup 1 -> 2 CPUs: {best[2] / best[1]:.2f}x")
+    corpus = corpus_path(args.n)
+    with tempfile.TemporaryDirectory(prefix="twi-bench-pipeline-") as tmp:
+        # the sandbox runs cells with these malloc settings: (L) gets the same
+        lim = _run(["--worker", "limit", str(corpus)], args.timeout, {"GLIBC_TUNABLES": MALLOC_TUNABLES})
+        runs = {
+            cpus: _run(["--worker", "pipeline", str(corpus), str(cpus), str(Path(tmp) / f"out{cpus}")], args.timeout,
+                       {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+            for cpus in CPU_COUNTS
+        }
+    summary = summarize(args.n, lim, runs)
+    report(summary)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+        print(f"written: {args.json}")
 
 
 if __name__ == "__main__":

@@ -39,14 +39,17 @@ PRELOAD = (
 )
 
 
-def load_trajectories(n: int) -> list[tuple[list, list[str]]]:
+def load_trajectories(n: int, corpus: Path | None = None) -> list[tuple[list, list[str]]]:
+    """(inputs, code cells) of every non-hostile record of ``corpus`` (default: a sample corpus
+    of ``n`` records built in the temp dir). Also used by bench/pipeline.py for its limit (L)."""
     from pipeline.config import IngestConfig
     from pipeline.ingest import plan_read_tasks, read_task
     from pipeline.sample_corpus import ensure_sample_corpus
     from pipeline.sandbox import InputImage
     from schemas import sample as S
 
-    corpus = ensure_sample_corpus(Path(tempfile.gettempdir()) / f"twi-bench-corpus-{n}", n=n, seed=0)
+    if corpus is None:
+        corpus = ensure_sample_corpus(Path(tempfile.gettempdir()) / f"twi-bench-corpus-{n}", n=n, seed=0)
     labels = {json.loads(x)["sample_id"]: json.loads(x)["case"]
               for x in (corpus.parent / "labels.jsonl").read_text().splitlines()}
     out = []

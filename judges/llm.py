@@ -309,7 +309,7 @@ async def judge_rows(
     counters: dict[str, dict[str, int]] = {}
     jobs, targets = [], []
     for row in rows:
-        if row.get(S.INPUT_ERROR):
+        if row.get(S.INPUT_ERROR) or row.get(S.DUPLICATE_OF):  # exact duplicates: the kept copy is judged
             continue
         for d in client.settings.dimensions:
             jobs.append(client.judge(row, d, counters))

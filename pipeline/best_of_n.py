@@ -31,6 +31,10 @@ rejected row); its scores, explanations and replay stay, so the choice can be in
 ``duplicate_of`` named a member that lost is pointed at that group's best too, so ``duplicate_of``
 always names a kept record.
 
+Benchmark contamination is applied first, on the same staged shards (:func:`apply_contamination`:
+the rows whose sample_id pipeline.dedup.post_verdicts found in a benchmark get
+``contaminated_by`` and are routed again), so a contaminated rollout ranks in the rejected tier.
+
 Out of core: DuckDB (a database file in the work dir, spilling beyond its memory limit) joins the
 light columns of the staged rows with the groups and ranks them; only the shard files holding a
 changed row are rewritten, one at a time (a file is one Ray block), their rows sorted into the
@@ -62,7 +66,7 @@ QUALITY_WEIGHTS = {
 }
 ROUTE_TIER = {"twi": 0, "text": 1, "rejected": 2}
 REWRITTEN_PREFIX = "bestofn-"
-_FILE, _IDX, _FILENAME, _RANK, _BEST, _NEW_DUP = "src_file", "src_idx", "filename", "rank", "best", "new_dup"
+_FILE, _IDX, _FILENAME, _RANK, _BEST, _NEW_VALUE = "src_file", "src_idx", "filename", "rank", "best", "new_value"
 
 
 def quality_sql() -> str:
@@ -130,7 +134,7 @@ def select_best(
                               px DESC NULLS LAST, s.{_FILE}, s.{_IDX}, s.{S.SAMPLE_ID})""")
     con.execute(f"""
         CREATE TABLE changes AS
-        SELECT {_FILENAME}, {_FILE}, {_IDX}, {_BEST} AS {_NEW_DUP} FROM ranked WHERE {_RANK} > {int(best_of_n)}""")
+        SELECT {_FILENAME}, {_FILE}, {_IDX}, {_BEST} AS {_NEW_VALUE} FROM ranked WHERE {_RANK} > {int(best_of_n)}""")
     counts["rejected"] = con.execute("SELECT count(*) FROM changes").fetchone()[0]
     # exact duplicates of a member that lost: point them at the group's best
     con.execute(f"""
@@ -139,24 +143,65 @@ def select_best(
         FROM staged s JOIN ranked r ON s.{S.DUPLICATE_OF} = r.{S.SAMPLE_ID}
         WHERE r.{_RANK} > {int(best_of_n)}""")
     counts["redirected"] = con.execute("SELECT count(*) FROM changes").fetchone()[0] - counts["rejected"]
-    for filename, changes in _changes_by_file(con):
+    for filename, changes in _changes_by_file(con, S.DUPLICATE_OF):
         _rewrite(Path(filename), shards_dir, changes, policy, lineage)
     con.close()
     db.unlink(missing_ok=True)
     return counts
 
 
-def _changes_by_file(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[str, dict[tuple[str, int], str]]]:
-    """(shard file, {(source file, index): new duplicate_of}), streamed in file order."""
-    cur = con.execute(f"SELECT {_FILENAME}, {_FILE}, {_IDX}, {_NEW_DUP} FROM changes ORDER BY 1, 2, 3")
+def apply_contamination(
+    shards_dir: Path,
+    contaminated: dict[str, list[str]],
+    policy: RoutingPolicy,
+    lineage: dict[str, Any],
+    work_dir: Path,
+    memory_limit: str = "256MB",
+) -> int:
+    """Set ``contaminated_by`` on the staged rows whose sample_id overlaps a benchmark
+    (``{sample_id: [benchmark names]}`` from pipeline.dedup.post_verdicts) and route them again
+    (so they become ``rejected`` with ``contaminated:<name>``). Runs before :func:`select_best`,
+    so a contaminated rollout ranks in the rejected tier. Returns the number of rows changed."""
+    shards_dir, work_dir = Path(shards_dir), Path(work_dir)
+    if not contaminated or not any(shards_dir.rglob("*.parquet")):
+        return 0
+    db = work_dir / "contamination.duckdb"
+    db.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    con.execute(f"SET temp_directory = {_sql_str(work_dir / 'duckdb-tmp')}")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET threads = 2")
+    con.execute(f"CREATE TABLE bench_hits({S.SAMPLE_ID} VARCHAR, names VARCHAR[])")
+    con.executemany("INSERT INTO bench_hits VALUES (?, ?)", sorted(contaminated.items()))
+    glob = _sql_str(shards_dir / "**" / "*.parquet")
+    con.execute(f"""
+        CREATE TABLE changes AS
+        SELECT s.{_FILENAME}, s.{S.SOURCE}.{S.SRC_FILE} AS {_FILE}, s.{S.SOURCE}.{S.SRC_INDEX} AS {_IDX},
+               h.names AS {_NEW_VALUE}
+        FROM read_parquet({glob}, hive_partitioning = true, union_by_name = true, filename = true) s
+        JOIN bench_hits h ON h.{S.SAMPLE_ID} = s.{S.SAMPLE_ID}""")
+    n = con.execute("SELECT count(*) FROM changes").fetchone()[0]
+    for filename, changes in _changes_by_file(con, S.CONTAMINATED_BY):
+        _rewrite(Path(filename), shards_dir, changes, policy, lineage)
+    con.close()
+    db.unlink(missing_ok=True)
+    return n
+
+
+def _changes_by_file(
+    con: duckdb.DuckDBPyConnection, column: str
+) -> Iterator[tuple[str, dict[tuple[str, int], dict[str, Any]]]]:
+    """(shard file, {(source file, index): {column: new value}}) of the ``changes`` table,
+    streamed in file order."""
+    cur = con.execute(f"SELECT {_FILENAME}, {_FILE}, {_IDX}, {_NEW_VALUE} FROM changes ORDER BY 1, 2, 3")
     current, acc = None, {}
     while batch := cur.fetchmany(4096):
-        for filename, f, i, dup in batch:
+        for filename, f, i, value in batch:
             if filename != current and current is not None:
                 yield current, acc
                 acc = {}
             current = filename
-            acc[(f, i)] = dup
+            acc[(f, i)] = {column: value}
     if current is not None:
         yield current, acc
 
@@ -167,9 +212,14 @@ def _partition_values(path: Path, shards_dir: Path) -> dict[str, str]:
 
 
 def _rewrite(
-    path: Path, shards_dir: Path, changes: dict[tuple[str, int], str], policy: RoutingPolicy, lineage: dict[str, Any]
+    path: Path,
+    shards_dir: Path,
+    changes: dict[tuple[str, int], dict[str, Any]],
+    policy: RoutingPolicy,
+    lineage: dict[str, Any],
 ) -> None:
-    """Rewrite one staged shard file with ``changes`` applied (module doc)."""
+    """Rewrite one staged shard file with ``changes`` (column updates per row) applied and the
+    changed rows routed again (module doc)."""
     table = pq.read_table(path)
     parts = _partition_values(path, shards_dir)
     for col in S.PARTITION_COLUMNS:
@@ -178,11 +228,11 @@ def _rewrite(
     rows = S.to_table(table.select(S.SAMPLE_SCHEMA.names).to_pylist()).to_pylist()
     kept, changed = [], []
     for row in rows:
-        dup = changes.get((row[S.SOURCE][S.SRC_FILE], row[S.SOURCE][S.SRC_INDEX]))
-        if dup is None:
+        update = changes.get((row[S.SOURCE][S.SRC_FILE], row[S.SOURCE][S.SRC_INDEX]))
+        if update is None:
             kept.append(row)
         else:
-            row[S.DUPLICATE_OF] = dup
+            row.update(update)
             changed.append(row)
     rerouted = route_batch(S.to_table(changed), policy, lineage).to_pylist() if changed else []
     out = S.to_table(kept + rerouted)

@@ -151,7 +151,23 @@ def _print_summary(manifest: dict[str, Any]) -> None:
         f"conservation: {'[green]ok' if ok else '[red]FAILED'}[/] "
         f"({sum(manifest['routes'].values())} routed = {manifest['input_records']} input records)"
     )
+    _print_throughput(manifest)
     _print_replay_env(manifest)
+
+
+def _print_throughput(manifest: dict[str, Any]) -> None:
+    """samples/s of the whole run, then each stage's busy seconds (manifest timings.stages)."""
+    timings = manifest.get("timings") or {}
+    rate = manifest.get("samples_per_s")
+    if rate is None:
+        return
+    stages = ", ".join(
+        f"{name} {s.get('busy_s', 0):.1f} s busy" for name, s in sorted((timings.get("stages") or {}).items())
+    )
+    console.print(
+        f"throughput: {rate:.2f} samples/s ({manifest['input_records']} records in {timings.get('total_s', 0):.1f} s"
+        f"{'; ' + stages if stages else ''})"
+    )
 
 
 def _print_replay_env(manifest: dict[str, Any]) -> None:

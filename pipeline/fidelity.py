@@ -23,41 +23,58 @@ text_fidelity(recorded, replayed):
     error).
 
 image_fidelity: the n-th recorded image is compared with the n-th replayed one, the sum divided by
-max(n_recorded, n_replayed) (a missing image counts 0). Identical bytes score 1.0. Otherwise both
-are decoded to grey levels in [0, 1] (longest side capped at WORK_MAX px), and:
+max(n_recorded, n_replayed) (a missing image counts 0). Not counted at all (None) when the cell's
+code draws with unseeded randomness (``unseeded_randomness``: a networkx ``spring_layout``/
+``random_layout``/... without ``seed=``, a ``random.*``/``np.random.*`` draw or an unseeded
+``default_rng()`` with no earlier ``seed(...)`` in the cell): such code cannot reproduce its recorded
+picture, so a different picture is not fabrication; its text still counts. Identical bytes score 1.0.
+Otherwise both are decoded to grey levels in [0, 1] (native copies kept up to NATIVE_MAX px; working
+copies with the longest side capped at WORK_MAX px), and:
  1. Trim: uniform borders (every pixel of a 3x3-smoothed copy within 0.03 of the border's median
     grey: PIL's black padding of an out-of-range box, a plot's white margin) are removed.
  2. Register. Same region (one image resized onto the other, aspect may change), tried on the
-    trimmed and untrimmed images; if none scores >= EARLY_ACCEPT, containment: the recorded image
-    inside the replayed one and the replayed inside the recorded one, searched on the untrimmed
-    images (a trimmed image could hide a missing part) by normalised cross-correlation on a coarse
-    copy (longest side COARSE px; windows of uniform grey never match) over scales from "fills the
-    other image" down to a quarter of its side (a minimum-box widening or a clamped box; smaller
+    trimmed and untrimmed images; if none scores >= EARLY_ACCEPT and none correlates pixel for pixel
+    (rho >= SAME_REGION_RHO: a difference is then of content, not of framing), containment: the
+    recorded image inside the replayed one and the replayed inside the recorded one, searched on the
+    untrimmed images (a trimmed image could hide a missing part) by normalised cross-correlation on a
+    coarse copy (longest side COARSE px; windows of uniform grey never match) over scales from "fills
+    the other image" down to a quarter of its side (a minimum-box widening or a clamped box; smaller
     overlaps are not accepted), refined on a finer copy (REFINE px, scale +-5 %); the two best are
     verified.
- 3. Verify at the lower of the two native resolutions of the common region (upsampled to >=
-    MIN_VERIFY px, capped at WORK_MAX): both blurred (sigma 0.8 px) at <= VERIFY_MAX px,
-    ``rho`` = Pearson correlation of the two aligned images (1.0 when both are blank and agree);
-    the replay's grey levels are then fitted to the record's by a positive gain and offset (a
-    colormap), each TILE-px tile of the replay is shifted by up to 2 % of the side to its best
-    match (re-rendered plots move text by a few pixels; an edited digit, a moved data point or an
-    inverted patch cannot be shifted away), and
-    ``local`` = the largest mean, over any LOCAL_WINDOW-px window, of the symmetric tolerant
-    difference max(0, a - max3x3(b), min3x3(b) - a) (and with a and b swapped); when the common
-    size exceeds VERIFY_MAX it is measured again at full size with the same (scaled) tile shifts.
-    A local maximum, not a mean: a changed label is small.
- 4. image_similarity = max over hypotheses of min(s_rho, s_local), with
-    s_rho   = clip(1 - 0.2 * (1 - rho) / (1 - RHO_CRIT), 0, 1)      (0.8 at rho = RHO_CRIT)
-    s_local = clip(1 - 0.2 * local / LOCAL_CRIT, 0, 1)             (0.8 at local = LOCAL_CRIT)
+ 3. Verify at the lower of the two resolutions of the common region (upsampled to >= MIN_VERIFY px,
+    capped at WORK_MAX): both blurred (sigma 0.8 px) at <= VERIFY_MAX px, ``rho`` = Pearson
+    correlation of the two aligned images (1.0 when both are blank and agree); the replay's grey
+    levels are then fitted to the record's by a positive gain and offset (a colormap), each TILE-px
+    tile of the replay is shifted by up to 2 % of the side to its best match (re-rendered plots move
+    text by a few pixels; an edited digit, a moved data point or an inverted patch cannot be shifted
+    away), and on the symmetric tolerant difference max(0, a - max3x3(b), min3x3(b) - a) (and with a
+    and b swapped), ignoring a BORDER-px frame (resampling artefacts at a crop's edge):
+    ``local``  = the largest mean over any LOCAL_WINDOW-px window (sigma 0.8 copies);
+    ``strong`` = the same, counting only differences above STRONG_DIFF (sigma 0.5 copies): a
+    re-render lightens a stroke or moves it by a pixel, an edit adds or removes one.
+    When the common size exceeds VERIFY_MAX both are measured again at full size with the same
+    (scaled) tile shifts. Local maxima, not means: a changed label is small.
+ 4. Same pixel grid: when the two regions' native sizes agree within SAME_GRID (or 2 px) -- a
+    re-encode, the same render, a crop at the same zoom -- a plain difference is meaningful and a
+    tolerant one misses a thin-stroke edit (7 -> 1 in a 14 px label). At native resolution (sigma
+    0.5 copies, the replay's grey levels fitted as above) the replay is aligned by one integer offset
+    (+-PLAIN_SEARCH px), and ``plain`` = the largest LOCAL_WINDOW-px window mean of |a - b| where it
+    exceeds PLAIN_DIFF; the (up to PLAIN_CANDIDATES) windows above PLAIN_CRIT / 2 are re-measured
+    after re-aligning their PLAIN_TILE-px tile on its own (+-1 px, quarter-pixel steps: a glyph drawn
+    at another sub-pixel phase, as bbox_inches='tight' does). Regions of different sizes (a re-render
+    at another DPI, a resize) keep only the tolerant measures of step 3.
+ 5. image_similarity = max over hypotheses of min(s_rho, s_local), with
+    s_rho   = clip(1 - 0.2 * (1 - rho) / (1 - RHO_CRIT), 0, 1)                       (0.8 at rho = RHO_CRIT)
+    s_local = clip(1 - 0.2 * max(local / LOCAL_CRIT, strong / STRONG_CRIT, plain / PLAIN_CRIT), 0, 1)
     so 0.8 (judges.code_correctness.FABRICATION_FIDELITY) is the boundary between accepted and
     fabricated. The thresholds were set between the legitimate and fabricated pairs of
     tests/test_fidelity.py (the table and its margin are printed by that test and in the README).
-Cost (idle core, decode included): 3-25 ms for zoom crops, 40-90 ms for 1-2 MP pairs, up to ~160 ms
-for re-rendered plots (several hypotheses verified).
+Cost: see bench/fidelity.py (per pair kind, decode included).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import io
 import re
@@ -70,6 +87,7 @@ from PIL import Image
 _NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 
 WORK_MAX = 1280
+NATIVE_MAX = 4096
 COARSE = 128
 REFINE = 320
 VERIFY_MAX = 640
@@ -79,7 +97,17 @@ MIN_VERIFY = 256
 EARLY_ACCEPT = 0.95
 MIN_CONTAINED_SIDE = 0.25  # the contained image spans >= 1/4 of the container's side
 RHO_CRIT = 0.75
-LOCAL_CRIT = 0.10
+LOCAL_CRIT = 0.13
+STRONG_DIFF = 0.5
+STRONG_CRIT = 0.045
+BORDER = 2
+SAME_REGION_RHO = 0.98
+SAME_GRID = 0.005  # native sizes within 0.5 % (or 2 px): the same pixel grid
+PLAIN_DIFF = 0.3
+PLAIN_CRIT = 0.06
+PLAIN_SEARCH = 3
+PLAIN_TILE = 28
+PLAIN_CANDIDATES = 8
 TRIM_TOL = 0.03
 
 
@@ -180,7 +208,7 @@ def text_fidelity(recorded: str | None, replayed: str | None, replayed_error: st
 
 
 # --- images ---------------------------------------------------------------------------------
-def decode_gray(data: bytes, max_side: int = WORK_MAX) -> np.ndarray:
+def decode_gray(data: bytes, max_side: int = NATIVE_MAX) -> np.ndarray:
     """Encoded image -> float32 grey levels in [0, 1], longest side capped at ``max_side``."""
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if arr is None:  # formats OpenCV cannot read (GIF, ...)
@@ -198,9 +226,29 @@ def _fit(g: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(g, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
 
-def trim(g: np.ndarray, tol: float = TRIM_TOL) -> np.ndarray:
-    """Remove uniform borders (every pixel within ``tol`` of the border's median grey, on a 3x3-smoothed
-    copy); unchanged when almost nothing would be left."""
+@dataclass
+class _View:
+    """``g`` (working copy, <= WORK_MAX px) shows the native pixels [x0, x0 + sx * width) x
+    [y0, y0 + sy * height) of ``native``."""
+
+    g: np.ndarray
+    native: np.ndarray
+    x0: float = 0.0
+    y0: float = 0.0
+    sx: float = 1.0
+    sy: float = 1.0
+
+    @classmethod
+    def of(cls, native: np.ndarray) -> _View:
+        g = _fit(native, WORK_MAX)
+        return cls(g, native, 0.0, 0.0, native.shape[1] / g.shape[1], native.shape[0] / g.shape[0])
+
+    def crop(self, x0: int, y0: int, x1: int, y1: int) -> _View:
+        return _View(self.g[y0:y1, x0:x1], self.native, self.x0 + x0 * self.sx, self.y0 + y0 * self.sy,
+                     self.sx, self.sy)
+
+
+def _trim_box(g: np.ndarray, tol: float = TRIM_TOL) -> tuple[int, int, int, int]:
     h, w = g.shape
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     bg = float(np.median(border))
@@ -208,14 +256,21 @@ def trim(g: np.ndarray, tol: float = TRIM_TOL) -> np.ndarray:
     rows = np.flatnonzero(mask.any(1))
     cols = np.flatnonzero(mask.any(0))
     if rows.size == 0 or cols.size == 0:
-        return g
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return 0, 0, w, h
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     if (y1 - y0) < 8 or (x1 - x0) < 8:
-        return g
+        return 0, 0, w, h
+    return x0, y0, x1, y1
+
+
+def trim(g: np.ndarray, tol: float = TRIM_TOL) -> np.ndarray:
+    """Remove uniform borders (every pixel within ``tol`` of the border's median grey, on a 3x3-smoothed
+    copy); unchanged when almost nothing would be left."""
+    x0, y0, x1, y1 = _trim_box(g, tol)
     return g[y0:y1, x0:x1]
 
 
-def _resize(g: np.ndarray, w: int, h: int) -> np.ndarray:
+def _resize(g: np.ndarray, w: float, h: float) -> np.ndarray:
     w, h = max(1, int(round(w))), max(1, int(round(h)))
     if (h, w) == g.shape:
         return g
@@ -225,7 +280,7 @@ def _resize(g: np.ndarray, w: int, h: int) -> np.ndarray:
 
 @dataclass
 class _Hyp:
-    """``small`` (all of it) shows region (x, y, w, h) of ``big`` (native px); ``swap``: small is b."""
+    """``small`` (all of it) shows region (x, y, w, h) of ``big`` (working px); ``swap``: small is b."""
 
     x: float
     y: float
@@ -352,49 +407,64 @@ def _apply_shifts(b: np.ndarray, shifts: np.ndarray, tile: int, m: int) -> np.nd
     return out
 
 
-def _photometric(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``b`` mapped to ``a``'s grey levels by a least-squares gain (> 0) and offset (a colormap)."""
+def _photometric(a: np.ndarray, b: np.ndarray, apply_to: np.ndarray | None = None) -> np.ndarray:
+    """``b`` mapped to ``a``'s grey levels by a least-squares gain (> 0) and offset (a colormap); the
+    same mapping applied to ``apply_to`` when given."""
+    out = b if apply_to is None else apply_to
     sb = float(b.std())
     if sb < 1e-3:
-        return b
+        return out
     gain = float(((a - a.mean()) * (b - b.mean())).mean()) / (sb * sb)
     if gain <= 0.2 or gain > 5:
-        return b
-    return (b - b.mean()) * gain + a.mean()
+        return out
+    return (out - b.mean()) * gain + a.mean()
 
 
-def _local(a: np.ndarray, b: np.ndarray) -> float:
+def _measure(a: np.ndarray, b: np.ndarray, border: int) -> tuple[float, float]:
+    """(local, strong): the largest LOCAL_WINDOW-px window mean of the tolerant difference, and of its
+    values above STRONG_DIFF, ignoring a ``border``-px frame."""
     d = _tolerant_diff(a, b)
+    if border and min(d.shape) > 4 * border:
+        d[:border] = 0
+        d[-border:] = 0
+        d[:, :border] = 0
+        d[:, -border:] = 0
     win = min(LOCAL_WINDOW, *a.shape)
-    return float(cv2.blur(d, (win, win)).max())
+    soft = cv2.blur(d, (win, win))
+    strong = cv2.blur(np.where(d > STRONG_DIFF, d, 0), (win, win))
+    return float(soft.max()), float(strong.max())
 
 
-def compare_aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(rho, local) of two aligned same-size grey images (see module doc). Local differences are
-    measured at VERIFY_MAX px with tile shifts, and again at full size with the same shifts."""
+def compare_aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """(rho, local, strong) of two aligned same-size grey images (see module doc, step 3)."""
     h, w = a.shape
     f = min(1.0, VERIFY_MAX / max(h, w))
-    al, bl = (_resize(a, w * f, h * f), _resize(b, w * f, h * f)) if f < 1 else (a, b)
-    al = cv2.GaussianBlur(al, (0, 0), 0.8)
-    bl = cv2.GaussianBlur(bl, (0, 0), 0.8)
+    a0, b0 = (_resize(a, w * f, h * f), _resize(b, w * f, h * f)) if f < 1 else (a, b)
+    al = cv2.GaussianBlur(a0, (0, 0), 0.8)
+    bl = cv2.GaussianBlur(b0, (0, 0), 0.8)
     rho = _corr(al, bl)
     if min(al.shape) < 4:
-        return rho, float(np.abs(al - bl).mean())
+        return rho, float(np.abs(al - bl).mean()), 0.0
     bl = _photometric(al, bl)
     shifts, m = _tile_shifts(al, bl)
-    local = _local(al, _apply_shifts(bl, shifts, TILE, m))
+    local, _ = _measure(al, _apply_shifts(bl, shifts, TILE, m), BORDER)
+    # strong differences on sharper copies, with the same shifts
+    a5 = cv2.GaussianBlur(a0, (0, 0), 0.5)
+    b5 = _photometric(a5, cv2.GaussianBlur(b0, (0, 0), 0.5))
+    _, strong = _measure(a5, _apply_shifts(b5, shifts, TILE, m), BORDER)
     if f < 0.9:  # full size: the same tile shifts, scaled
         k = 1 / f
         ah = cv2.GaussianBlur(a, (0, 0), 0.5)
         bh = _photometric(ah, cv2.GaussianBlur(b, (0, 0), 0.5))
-        full_shifts = np.round(shifts * k).astype(np.int32)
-        local = max(local, _local(ah, _apply_shifts(bh, full_shifts, int(round(TILE * k)), int(np.ceil(m * k)))))
-    return rho, local
+        full = _measure(ah, _apply_shifts(bh, np.round(shifts * k).astype(np.int32), int(round(TILE * k)),
+                                          int(np.ceil(m * k))), int(np.ceil(BORDER * k)))
+        local, strong = max(local, full[0]), max(strong, full[1])
+    return rho, local, strong
 
 
-def _score(rho: float, local: float) -> float:
+def _score(rho: float, local: float, strong: float, plain: float | None = None) -> float:
     s_rho = 1 - 0.2 * (1 - rho) / (1 - RHO_CRIT)
-    s_local = 1 - 0.2 * local / LOCAL_CRIT
+    s_local = 1 - 0.2 * max(local / LOCAL_CRIT, strong / STRONG_CRIT, (plain or 0.0) / PLAIN_CRIT)
     return float(np.clip(min(s_rho, s_local), 0.0, 1.0))
 
 
@@ -405,50 +475,131 @@ def _common(w: float, h: float) -> tuple[float, float]:
     return w * f, h * f
 
 
-def _verify(a: np.ndarray, b: np.ndarray, hyp: _Hyp | None) -> tuple[float, float, float]:
-    """Cut both images to the hypothesised common region at a common size; (score, rho, local)."""
-    if hyp is None:  # same region, aspect may differ
-        w, h = _common(min(a.shape[1], b.shape[1]), min(a.shape[0], b.shape[0]))
-        A, B = _resize(a, w, h), _resize(b, w, h)
-    else:
-        small, big = (b, a) if hyp.swap else (a, b)
+def _verify(va: _View, vb: _View, hyp: _Hyp | None) -> dict:
+    """Cut both images to the hypothesised common region at a common size and compare them."""
+    if hyp is not None:
+        small, big = (vb, va) if hyp.swap else (va, vb)
         x0, y0 = max(0, int(round(hyp.x))), max(0, int(round(hyp.y)))
-        x1 = min(big.shape[1], int(round(hyp.x + hyp.w)))
-        y1 = min(big.shape[0], int(round(hyp.y + hyp.h)))
-        region = big[y0:y1, x0:x1]
-        if region.size == 0:
-            return 0.0, 0.0, 1.0
-        w, h = _common(min(small.shape[1], region.shape[1]), min(small.shape[0], region.shape[0]))
-        S, R = _resize(small, w, h), _resize(region, w, h)
-        A, B = (R, S) if hyp.swap else (S, R)
-    rho, local = compare_aligned(A, B)
-    return _score(rho, local), rho, local
+        x1 = min(big.g.shape[1], int(round(hyp.x + hyp.w)))
+        y1 = min(big.g.shape[0], int(round(hyp.y + hyp.h)))
+        if x1 <= x0 or y1 <= y0:
+            return {"score": 0.0, "rho": 0.0, "local": 1.0, "strong": 1.0, "plain": None}
+        region = big.crop(x0, y0, x1, y1)
+        va, vb = (region, small) if hyp.swap else (small, region)
+    w, h = _common(min(va.g.shape[1], vb.g.shape[1]), min(va.g.shape[0], vb.g.shape[0]))
+    A, B = _resize(va.g, w, h), _resize(vb.g, w, h)
+    rho, local, strong = compare_aligned(A, B)
+    plain = _plain_check(va, vb)
+    return {"score": _score(rho, local, strong, plain), "rho": rho, "local": local, "strong": strong,
+            "plain": plain}
+
+
+def _native_box(v: _View) -> tuple[int, int, int, int]:
+    """The native pixels (x0, y0, x1, y1) that view ``v`` shows."""
+    gh, gw = v.g.shape
+    return round(v.x0), round(v.y0), round(v.x0 + v.sx * gw), round(v.y0 + v.sy * gh)
+
+
+def _padded(img: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """``img[y0:y1, x0:x1]``, the part outside the image filled by replicating its border."""
+    H, W = img.shape
+    patch = img[max(0, y0):min(H, y1), max(0, x0):min(W, x1)]
+    return cv2.copyMakeBorder(patch, max(0, -y0), max(0, y1 - H), max(0, -x0), max(0, x1 - W), cv2.BORDER_REPLICATE)
+
+
+def _plain_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """LOCAL_WINDOW-px window means of the plain difference |a - b| where it exceeds PLAIN_DIFF."""
+    d = np.abs(a - b)
+    return cv2.blur(np.where(d > PLAIN_DIFF, d, 0).astype(np.float32), (LOCAL_WINDOW, LOCAL_WINDOW))
+
+
+_SUBPIXEL = [(dy, dx) for dy in (-0.5, -0.25, 0.0, 0.25, 0.5) for dx in (-0.5, -0.25, 0.0, 0.25, 0.5)]
+
+
+def _realign_tile(a: np.ndarray, bp: np.ndarray) -> np.ndarray:
+    """The part of ``bp`` (``a``'s tile with a 2 px margin) that best fits ``a`` (least squares) within
+    +-1 px of the margin's centre, at quarter-pixel steps."""
+    best, out = np.inf, bp[2:2 + a.shape[0], 2:2 + a.shape[1]]
+    for dy, dx in _SUBPIXEL:
+        shifted = cv2.warpAffine(bp, np.float32([[1, 0, -dx], [0, 1, -dy]]), (bp.shape[1], bp.shape[0]),
+                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        res = cv2.matchTemplate(shifted, a, cv2.TM_SQDIFF)[1:4, 1:4]
+        mn, _, loc, _ = cv2.minMaxLoc(res)
+        if mn < best:
+            best = mn
+            out = shifted[1 + loc[1]: 1 + loc[1] + a.shape[0], 1 + loc[0]: 1 + loc[0] + a.shape[1]]
+    return out
+
+
+def _plain_check(va: _View, vb: _View) -> float | None:
+    """Largest window mean of the plain difference above PLAIN_DIFF at native resolution, when the two
+    regions share a pixel grid (native sizes within SAME_GRID or 2 px); else None (see module doc)."""
+    ax0, ay0, ax1, ay1 = _native_box(va)
+    bx0, by0, bx1, by1 = _native_box(vb)
+    wa, ha, wb, hb = ax1 - ax0, ay1 - ay0, bx1 - bx0, by1 - by0
+    if min(wa, ha, wb, hb) < 4 * LOCAL_WINDOW:
+        return None
+    if abs(wa - wb) > max(2, SAME_GRID * max(wa, wb)) or abs(ha - hb) > max(2, SAME_GRID * max(ha, hb)):
+        return None
+    w, h = min(wa, wb), min(ha, hb)
+    r = PLAIN_SEARCH + abs(wa - wb) + abs(ha - hb)
+    A = cv2.GaussianBlur(va.native[ay0:ay0 + h, ax0:ax0 + w], (0, 0), 0.5)
+    if float(A.std()) < 1e-3:
+        return None
+    Bp = cv2.GaussianBlur(_padded(vb.native, bx0 - r, by0 - r, bx0 + w + r, by0 + h + r), (0, 0), 0.5)
+    Bp = _photometric(A, Bp[r:r + h, r:r + w], Bp)
+    _, _, (ox, oy), _ = cv2.minMaxLoc(cv2.matchTemplate(Bp, A, cv2.TM_SQDIFF))  # one integer offset
+    m = _plain_map(A, Bp[oy:oy + h, ox:ox + w])
+    bd = BORDER + LOCAL_WINDOW // 2 + 1
+    m[:bd] = 0
+    m[-bd:] = 0
+    m[:, :bd] = 0
+    m[:, -bd:] = 0
+    # the windows that matter, largest first: their PLAIN_TILE-px tile re-aligned on its own (a glyph
+    # drawn at another sub-pixel phase); an edited value cannot be shifted away
+    half = PLAIN_TILE // 2
+    checked = np.zeros(m.shape, bool)
+    for _ in range(PLAIN_CANDIDATES):
+        y, x = np.unravel_index(int(np.argmax(np.where(checked, 0, m))), m.shape)
+        if checked[y, x] or m[y, x] < 0.5 * PLAIN_CRIT:
+            break
+        y0, y1, x0, x1 = max(0, y - half), min(h, y + half), max(0, x - half), min(w, x + half)
+        ta = A[y0:y1, x0:x1]
+        tile = _plain_map(ta, _realign_tile(ta, _padded(Bp, ox + x0 - 2, oy + y0 - 2, ox + x1 + 2, oy + y1 + 2)))
+        ys0, ys1 = max(y0, y - LOCAL_WINDOW), min(y1, y + LOCAL_WINDOW + 1)
+        xs0, xs1 = max(x0, x - LOCAL_WINDOW), min(x1, x + LOCAL_WINDOW + 1)
+        m[ys0:ys1, xs0:xs1] = tile[ys0 - y0:ys1 - y0, xs0 - x0:xs1 - x0]
+        checked[ys0:ys1, xs0:xs1] = True
+    return float(m.max())
 
 
 def image_match(a_bytes: bytes, b_bytes: bytes) -> dict:
     """Score and details of recorded image ``a_bytes`` against replayed ``b_bytes``."""
     if a_bytes == b_bytes:
-        return {"score": 1.0, "how": "identical", "rho": 1.0, "local": 0.0}
-    a_full, b_full = decode_gray(a_bytes), decode_gray(b_bytes)
-    a, b = trim(a_full), trim(b_full)
+        return {"score": 1.0, "how": "identical", "rho": 1.0, "local": 0.0, "strong": 0.0, "plain": 0.0}
+    a_full, b_full = _View.of(decode_gray(a_bytes)), _View.of(decode_gray(b_bytes))
+    a, b = a_full.crop(*_trim_box(a_full.g)), b_full.crop(*_trim_box(b_full.g))
     best = {"score": -1.0}
 
-    def consider(x: np.ndarray, y: np.ndarray, hyp: _Hyp | None) -> None:
+    def consider(x: _View, y: _View, hyp: _Hyp | None) -> dict:
         nonlocal best
-        score, rho, local = _verify(x, y, hyp)
-        if score > best["score"]:
+        r = _verify(x, y, hyp)
+        if r["score"] > best["score"]:
             how = "same region" if hyp is None else ("replayed inside recorded" if hyp.swap else "recorded inside replayed")
-            best = {"score": score, "how": how, "rho": rho, "local": local}
+            best = {**r, "how": how}
+        return r
 
     # same region: trimmed (plot margins, padding) and as recorded
-    pairs = [(a, b), (a_full, b_full), (a_full, b), (a, b_full)]
-    for x, y in pairs[: 4 if (a.shape != a_full.shape or b.shape != b_full.shape) else 1]:
-        consider(x, y, None)
+    trimmed = a.g.shape != a_full.g.shape or b.g.shape != b_full.g.shape
+    same_rho = 0.0
+    for x, y in [(a, b), (a_full, b_full), (a_full, b), (a, b_full)][: 4 if trimmed else 1]:
+        same_rho = max(same_rho, consider(x, y, None)["rho"])
         if best["score"] >= EARLY_ACCEPT:
             return best
-    # containment, searched on the images as recorded (a trimmed image could hide a missing part)
-    if float(a_full.std()) > 1e-3 and float(b_full.std()) > 1e-3:
-        hyps = _search(a_full, b_full, swap=False) + _search(b_full, a_full, swap=True)
+    # containment, searched on the images as recorded (a trimmed image could hide a missing part);
+    # not when the same region already corresponds pixel for pixel (a difference is then of content)
+    if same_rho < SAME_REGION_RHO and float(a_full.g.std()) > 1e-3 and float(b_full.g.std()) > 1e-3:
+        hyps = _search(a_full.g, b_full.g, swap=False) + _search(b_full.g, a_full.g, swap=True)
         for hyp in sorted(hyps, key=lambda h: -h.corr)[:2]:
             consider(a_full, b_full, hyp)
     return best
@@ -457,6 +608,65 @@ def image_match(a_bytes: bytes, b_bytes: bytes) -> dict:
 def image_similarity(a: bytes, b: bytes) -> float:
     """Fidelity of recorded image ``a`` to replayed image ``b`` in [0, 1] (see module doc)."""
     return float(image_match(a, b)["score"])
+
+
+# --- code that cannot reproduce its picture ---------------------------------------------------
+RANDOM_LAYOUTS = frozenset({"spring_layout", "fruchterman_reingold_layout", "random_layout", "arf_layout",
+                            "forceatlas2_layout"})
+_SEEDING = frozenset({"seed", "default_rng", "RandomState", "Generator", "SeedSequence", "Random", "getstate",
+                      "setstate", "get_state", "set_state"})
+
+
+def _dotted(node: ast.AST) -> str:
+    """``np.random.rand`` for the callee ``np.random.rand`` (``""`` when it is not a dotted name)."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return ""
+
+
+def unseeded_randomness(code: str | None) -> str | None:
+    """What makes a cell's picture irreproducible, or None: a networkx random layout
+    (RANDOM_LAYOUTS) called without ``seed=``, or a ``random.*``/``np.random.*`` draw (including
+    names imported from those modules, and ``default_rng()``/``RandomState()`` without a seed) with
+    no ``seed(...)`` call earlier in the cell. Code that does not parse: None."""
+    try:
+        tree = ast.parse(code or "")
+    except (SyntaxError, ValueError):
+        return None
+    from_random = {}  # local name -> module, for "from random import randint" / "from numpy.random import rand"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("random", "numpy.random"):
+            for alias in node.names:
+                from_random[alias.asname or alias.name] = node.module
+    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset))
+    seeded = False
+    for call in calls:
+        name = _dotted(call.func)
+        parts = name.split(".")
+        last = parts[-1] if name else ""
+        if last in RANDOM_LAYOUTS:
+            seed = next((k.value for k in call.keywords if k.arg == "seed"), None)
+            if seed is None or (isinstance(seed, ast.Constant) and seed.value is None):
+                return f"{last} without seed="
+            continue
+        module = ".".join(parts[:-1]) if len(parts) > 1 else from_random.get(last, "")
+        if not module or module.rsplit(".", 1)[-1] != "random":
+            continue
+        if last in _SEEDING:
+            if last == "seed" or (last in ("default_rng", "RandomState", "Random") and (call.args or call.keywords)):
+                seeded = True  # a seeded global state or generator: its draws repeat
+                continue
+            if last in ("default_rng", "RandomState", "Random"):
+                return f"{name}() without a seed"
+            continue
+        if not seeded:
+            return f"{name} without a prior seed"
+    return None
 
 
 def images_fidelity(recorded: list[bytes], replayed: list[bytes]) -> float | None:
@@ -473,14 +683,10 @@ def cell_fidelity(
     replayed_images: list[bytes],
     *,
     replayed_error: str | None = None,
+    code: str | None = None,
 ) -> float | None:
-    """min(text_fidelity, image_fidelity) over the parts the record has (see module doc)."""
-    parts = [
-        p
-        for p in (
-            text_fidelity(recorded_text, replayed_text, replayed_error),
-            images_fidelity(recorded_images, replayed_images),
-        )
-        if p is not None
-    ]
+    """min(text_fidelity, image_fidelity) over the parts the record has (see module doc); the images
+    do not count when ``code`` (the cell's code) draws with unseeded randomness."""
+    images = None if unseeded_randomness(code) else images_fidelity(recorded_images, replayed_images)
+    parts = [p for p in (text_fidelity(recorded_text, replayed_text, replayed_error), images) if p is not None]
     return min(parts) if parts else None

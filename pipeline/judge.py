@@ -16,6 +16,8 @@ def judge_row(row: dict[str, Any], judges: list[Judge]) -> dict[str, Any]:
     for judge in judges:
         if row.get(S.INPUT_ERROR):
             score, why = None, "not judged: invalid input"
+        elif row.get(S.DUPLICATE_OF):  # exact duplicate (pipeline.dedup): the kept copy is judged
+            score, why = None, f"not judged: exact duplicate of {row[S.DUPLICATE_OF]}"
         else:
             try:
                 verdict = judge.judge(row)
@@ -36,8 +38,8 @@ class JudgeStage:
         self.metrics = stage_metrics
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = S.to_table([judge_row(r, self.judges) for r in batch.to_pylist()])
         if self.metrics is not None:
-            self.metrics.add.remote("judges", out.num_rows, time.perf_counter() - start)
+            self.metrics.add.remote("judges", out.num_rows, time.perf_counter() - start, time.process_time() - cpu)
         return out

@@ -165,6 +165,7 @@ def build_manifest(
         "agreement": judge_agreement(out_dir, cfg) if llm.enabled else {},
     }
     conserved = sum(counts["routes"].values()) == input_records == counts["output_records"]
+    total_s = round(time.time() - started, 3)
     return {
         "run_id": run_id,
         "config_hash": cfg.config_hash(),
@@ -178,7 +179,9 @@ def build_manifest(
         },
         "judges": judges,
         "versions": _versions(),
-        "timings": {**timings, "total_s": round(time.time() - started, 3)},
+        "timings": {**timings, "total_s": total_s},
+        # the whole run's throughput (Ray start and every pass included); per stage: timings.stages
+        "samples_per_s": round(input_records / total_s, 3) if total_s > 0 else None,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
     }
 

@@ -34,8 +34,10 @@ from __future__ import annotations
 import ast
 import builtins
 import io
+import os
 import posixpath
 import re
+import resource
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -234,7 +236,7 @@ def _gap_of(
 def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
     """Fill REPLAY, REPLAY_STATUS and REPLAY_ENV of one canonical row."""
     row[S.REPLAY_ENV] = []
-    if row.get(S.INPUT_ERROR):
+    if row.get(S.INPUT_ERROR) or row.get(S.DUPLICATE_OF):  # exact duplicates: the kept copy is replayed
         row[S.REPLAY], row[S.REPLAY_STATUS] = [], "not_run"
         return row
     turns = row[S.TURNS] or []
@@ -260,6 +262,7 @@ def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
             [i[S.IMG_BYTES] for i in turn[S.TURN_OBS_IMAGES] or []],
             replayed_text,
             [i[S.IMG_BYTES] for i in images],
+            code=turn[S.TURN_CODE],
         )
         cells.append(
             {
@@ -280,6 +283,43 @@ def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
     return row
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a live process and of its children it has reaped (/proc/<pid>/stat
+    utime + stime + cutime + cstime); 0.0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / _CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class SandboxCpuMeter:
+    """CPU seconds the sandbox's processes used since the last :meth:`take` (the cells' own work
+    and the sandbox's overheads): the zygote and the trajectories it forked and reaped, plus
+    sandbox children this process reaped itself (the process level). Measured, not inferred from
+    wall time, so it is not inflated when the cores are shared (manifest ``timings.stages``)."""
+
+    def __init__(self, sandbox: Any) -> None:
+        self.sandbox = sandbox
+        self._last = self._read()
+
+    def _read(self) -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = children.ru_utime + children.ru_stime
+        pid = getattr(self.sandbox, "zygote_pid", None)
+        return total + (_process_tree_cpu_s(pid) if pid is not None else 0.0)
+
+    def take(self) -> float:
+        """CPU seconds since the last call (a batch in which the zygote restarted counts 0)."""
+        now = self._read()
+        used, self._last = max(0.0, now - self._last), now
+        return used
+
+
 class ReplayActor:
     """Ray Data actor: owns one sandbox for its lifetime and replays batches of samples."""
 
@@ -295,11 +335,14 @@ class ReplayActor:
         )
         self.metrics = stage_metrics
         check_sandbox_works(self.sandbox)
+        self.sandbox_cpu = SandboxCpuMeter(self.sandbox)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
+        self.sandbox_cpu.take()
         rows = [replay_row(r, self.sandbox) for r in batch.to_pylist()]
         out = S.to_table(rows)
         if self.metrics is not None:
-            self.metrics.add.remote("replay", len(rows), time.perf_counter() - start)
+            used = time.process_time() - cpu + self.sandbox_cpu.take()
+            self.metrics.add.remote("replay", len(rows), time.perf_counter() - start, used)
         return out

@@ -20,9 +20,20 @@ import ray
 
 from judges import metric_judges
 from pipeline import __version__
-from pipeline.best_of_n import select_best
+from pipeline.best_of_n import apply_contamination, select_best
 from pipeline.config import RunConfig
-from pipeline.dedup import GROUPS_FILE, attach_verdicts, find_verdicts, keys_batch, load_benchmark
+from pipeline.dedup import (
+    GROUPS_FILE,
+    KEYS_DIR,
+    attach_verdicts,
+    compact_keys,
+    find_verdicts,
+    ingest_with_keys,
+    key_files,
+    keys_batch,
+    load_benchmark,
+    post_verdicts,
+)
 from pipeline.ingest import (
     ReadTask,
     discover_inputs,
@@ -121,32 +132,36 @@ def ensure_sandbox_level(
     return report.as_dict()
 
 
-def ingest_dataset(tasks: list[ReadTask], cfg: RunConfig) -> ray.data.Dataset:
-    """Read tasks -> canonical rows, one small block per task (so replay spreads over actors)."""
+def ingest_dataset(tasks: list[ReadTask], cfg: RunConfig, keys_dir: Path | None = None) -> ray.data.Dataset:
+    """Read tasks -> canonical rows, one small block per task (so replay spreads over actors).
+    With ``keys_dir`` each task also writes the dedup keys of its records there
+    (pipeline.dedup.ingest_with_keys: the first image decoded once, no second parse)."""
     ds = ray.data.from_items(task_items(tasks), override_num_blocks=len(tasks))
-    return ds.map_batches(
-        partial(ingest_batch, cfg=cfg.ingest), batch_size=1, batch_format="numpy", num_cpus=TASK_CPUS
-    )
+    fn = partial(ingest_batch, cfg=cfg.ingest)
+    if keys_dir is not None:
+        fn = partial(ingest_with_keys, cfg=cfg.ingest, keys_dir=str(keys_dir))
+    return ds.map_batches(fn, batch_size=1, batch_format="numpy", num_cpus=TASK_CPUS)
 
 
 KEY_TASKS_PER_BATCH = 16  # the key pass has no replay behind it: bigger batches, fewer Ray tasks
 
 
-def dedup_needed(cfg: RunConfig, benchmark: list | None) -> bool:
-    d = cfg.dedup
-    return bool(d.exact or d.best_of_n is not None or benchmark)
+def post_keys_needed(cfg: RunConfig, benchmark: list | None) -> bool:
+    """The main pass writes image keys for the post-pass: best-of-N groups, benchmark overlap."""
+    return cfg.dedup.best_of_n is not None or bool(benchmark)
 
 
 def dedup_verdicts(
     windows: Iterable[list[ReadTask]], cfg: RunConfig, benchmark: list | None, work_dir: Path
 ) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, int]]:
-    """Key pre-pass (Ray Data, window by window: parse, hash, append key rows to
-    ``work_dir/keys``), then the verdicts with DuckDB (pipeline.dedup). Returns the verdicts of
-    the flagged records only, and counts for the manifest; with ``dedup.best_of_n`` the
-    (image, question) groups go to ``work_dir/groups.parquet`` for :func:`best_of_n`."""
-    if not dedup_needed(cfg, benchmark):
+    """The light pre-pass (exact duplicates only, so they are neither replayed nor judged): Ray
+    Data parses every record window by window, decoding no image, and appends its light key
+    (sample_id, file, index, question and image-bytes hashes) to ``work_dir/prekeys``; DuckDB finds the duplicates
+    (pipeline.dedup). Returns the verdicts of the flagged records only, and counts for the
+    manifest. Groups and contamination come after the main pass (:func:`dedup_post_pass`)."""
+    if not cfg.dedup.exact:
         return {}, {}
-    keys_dir = work_dir / "keys"
+    keys_dir = work_dir / "prekeys"
     cpus = int(ray.cluster_resources().get("CPU", 1))
     for tasks in windows:
         blocks = max(-(-len(tasks) // KEY_TASKS_PER_BATCH), min(len(tasks), 4 * cpus))
@@ -156,15 +171,23 @@ def dedup_verdicts(
             num_cpus=TASK_CPUS,
         )
         ds.write_parquet(str(keys_dir))
-    groups = work_dir / GROUPS_FILE if cfg.dedup.best_of_n is not None else None
-    verdicts = find_verdicts(
-        sorted(str(p) for p in keys_dir.rglob("*.parquet")), cfg.dedup, benchmark, work_dir, groups_path=groups
-    )
-    counts = {
-        "duplicates": sum(1 for v in verdicts.values() if v.get(S.DUPLICATE_OF)),
-        "contaminated": sum(1 for v in verdicts.values() if v.get(S.CONTAMINATED_BY)),
-    }
-    return verdicts, counts
+    verdicts = find_verdicts(sorted(str(p) for p in keys_dir.rglob("*.parquet")), cfg.dedup, None, work_dir)
+    return verdicts, {"duplicates": sum(1 for v in verdicts.values() if v.get(S.DUPLICATE_OF))}
+
+
+def dedup_post_pass(
+    staging: Path, cfg: RunConfig, benchmark: list | None, lineage: dict[str, Any]
+) -> dict[str, int]:
+    """After the main pass, on the staged shards: benchmark contamination, then best-of-N
+    (pipeline.dedup.post_verdicts over the keys the main pass's ingest wrote, then
+    pipeline.best_of_n). Counts for the manifest."""
+    if not post_keys_needed(cfg, benchmark):
+        return {}
+    groups = staging / GROUPS_FILE if cfg.dedup.best_of_n is not None else None
+    contaminated = post_verdicts(key_files(staging / KEYS_DIR), cfg.dedup, benchmark, staging, groups_path=groups)
+    counts = {"contaminated": apply_contamination(staging / SHARDS_DIR, contaminated, cfg.routing, lineage, staging)}
+    counts.update(best_of_n(staging, cfg, lineage))
+    return counts
 
 
 def best_of_n(staging: Path, cfg: RunConfig, lineage: dict[str, Any]) -> dict[str, int]:
@@ -249,8 +272,9 @@ def run_pipeline(
     (staging / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     pool = replay_pool_size(cfg)
     resources = stage_cpus(cfg, ray.cluster_resources().get("CPU", 1), pool)
-    for window in windows():
-        ds = ingest_dataset(attach_verdicts(window, verdicts), cfg)
+    keys_dir = staging / KEYS_DIR if post_keys_needed(cfg, bench) else None
+    for window_no, window in enumerate(windows()):
+        ds = ingest_dataset(attach_verdicts(window, verdicts), cfg, keys_dir)
         ds = ds.map_batches(
             ReplayActor,
             fn_constructor_kwargs={
@@ -291,10 +315,12 @@ def run_pipeline(
             num_cpus=TASK_CPUS,
         )
         ds.write_parquet(str(staging / SHARDS_DIR), partition_cols=list(S.PARTITION_COLUMNS))
+        if keys_dir is not None:
+            compact_keys(keys_dir, f"window-{window_no:06d}")
     timings["execute_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    dedup_counts.update(best_of_n(staging, cfg, lineage) if n_tasks else {})
+    dedup_counts.update(dedup_post_pass(staging, cfg, bench, lineage) if n_tasks else {})
     timings["best_of_n_s"] = round(time.perf_counter() - t, 3)
 
     # Swap the finished shards in only once the whole run succeeded.

@@ -61,6 +61,8 @@ def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
     reasons.extend(f"contaminated:{name}" for name in row.get(S.CONTAMINATED_BY) or [])
     if row.get(S.TURNS) == []:  # a prompt without a trajectory: nothing was produced to score
         return Decision("rejected", [*reasons, "no_trajectory"])
+    if row.get(S.DUPLICATE_OF) and status == "not_run":  # an exact duplicate: never replayed or judged
+        return Decision("rejected", reasons)
     gaps = row.get(S.REPLAY_ENV) or []
     if status == "forbidden":
         reasons.append("sandbox_violation")

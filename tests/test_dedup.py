@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from dataclasses import asdict
 
 import duckdb
 import matplotlib
@@ -22,13 +23,19 @@ from pipeline.cli import app
 from pipeline.config import DedupConfig, IngestConfig, RunConfig
 from pipeline.dedup import (
     KEY_SCHEMA,
+    PENDING_DIR,
     BenchmarkError,
+    attach_verdicts,
+    compact_keys,
     detail_diff,
     hamming,
     image_keys,
+    ingest_with_keys,
+    key_files,
     key_row,
     load_benchmark,
     normalize_question,
+    post_verdicts,
     read_groups,
 )
 from pipeline.dedup import find_verdicts as _find_verdicts
@@ -198,6 +205,43 @@ def test_verdicts_do_not_depend_on_partitioning_or_order(corpus, tmp_path):
     assert all(r == runs[0] for r in runs)
 
 
+def test_light_pre_pass_and_main_pass_keys_give_the_same_verdicts(corpus, tmp_path):
+    """The wiring of a run: the light pre-pass (parse only, no image decoded) finds the exact
+    duplicates; the main pass's ingest writes the full keys of the other records (one file per
+    read task, compacted per window); the post-pass then finds the same groups and benchmark
+    overlap as one pass over every full key."""
+    bench = load_benchmark(corpus / "bench" / "benchmark.jsonl", CFG)
+    tasks = plan_read_tasks([corpus / "in" / f for f in ("a.jsonl", "b.jsonl")], 2)
+    full = key_rows(corpus)
+    light = [k for t in tasks for r in read_task(t, CFG) if (k := key_row(r, images=False))]
+    assert all(k["phash"] is None and k["aspect"] is None and k["detail"] is None for k in light)
+    assert [{c: k[c] for c in ("sample_id", "file", "idx", "qkey", "isha")} for k in full] == [
+        {c: k[c] for c in ("sample_id", "file", "idx", "qkey", "isha")} for k in light]
+    reference, reference_groups = find_verdicts(tmp_path, full, bench=bench)
+    exact, _ = find_verdicts(tmp_path, light)
+    assert exact == {k: v for k, v in reference.items() if S.DUPLICATE_OF in v} and len(exact) == 1
+
+    keys_dir, rows = tmp_path / "keys", []
+    flagged = attach_verdicts(tasks, exact)
+    for w, window in enumerate((flagged[:2], flagged[2:])):
+        for task in window:
+            batch = {k: [v] for k, v in asdict(task).items()}
+            rows += [r for table in ingest_with_keys(batch, CFG, str(keys_dir)) for r in table.to_pylist()]
+        compact_keys(keys_dir, f"window-{w}")
+    assert len(rows) == 10 and not list((keys_dir / PENDING_DIR).glob("*"))  # one row per record
+    assert [(r[S.SOURCE][S.SRC_FILE], r[S.SOURCE][S.SRC_INDEX]) for r in rows if r[S.DUPLICATE_OF]] == list(exact)
+    written = pq.read_table(key_files(keys_dir)).to_pylist()
+    # every record but the exact duplicate, with its image keys
+    assert sorted((k["file"], k["idx"]) for k in written) == sorted({(k["file"], k["idx"]) for k in full} - set(exact))
+    assert all(k["phash"] is not None and k["detail"] for k in written)
+    groups = tmp_path / "post-groups.parquet"
+    contaminated = post_verdicts(key_files(keys_dir), DEFAULT, bench, tmp_path, groups_path=groups)
+    assert read_groups(groups) == reference_groups and len(reference_groups) == 3
+    sid = {(k["file"], k["idx"]): k["sample_id"] for k in full}
+    assert contaminated == {sid[k]: v[S.CONTAMINATED_BY] for k, v in reference.items() if S.CONTAMINATED_BY in v}
+    assert sorted(n for names in contaminated.values() for n in names) == ["ChartQA", "MathVista"]
+
+
 def test_near_image_chains_group_with_the_first_leader(tmp_path):
     """a~b and b~c but not a~c (pHash bits 3, 3, 6): greedy in (file, idx) order gives {a, b, d}
     and c alone (no group); another question never joins."""
@@ -300,9 +344,10 @@ def test_ray_run_best_of_n_duplicates_and_contamination(ray_local, corpus, tmp_p
                                  "best_of_n_rejected": 5, "best_of_n_redirected": 0}
     scores = ", ".join(S.SCORE_COLUMNS)
     con = duckdb.connect()
-    cols = [S.SOURCE, S.SAMPLE_ID, S.ROUTE, S.ROUTE_REASONS, S.DUPLICATE_OF, f"{S.IMAGES}[1].{S.IMG_WIDTH}", *S.SCORE_COLUMNS]
+    cols = [S.SOURCE, S.SAMPLE_ID, S.ROUTE, S.ROUTE_REASONS, S.DUPLICATE_OF, S.REPLAY_STATUS, f"{S.IMAGES}[1].{S.IMG_WIDTH}",
+            *S.SCORE_COLUMNS]
     rows = con.execute(
-        f"SELECT {S.SOURCE}, {S.SAMPLE_ID}, {S.ROUTE}, {S.ROUTE_REASONS}, {S.DUPLICATE_OF}, "
+        f"SELECT {S.SOURCE}, {S.SAMPLE_ID}, {S.ROUTE}, {S.ROUTE_REASONS}, {S.DUPLICATE_OF}, {S.REPLAY_STATUS}, "
         f"{S.IMAGES}[1].{S.IMG_WIDTH}, {scores} FROM read_parquet('{out}/shards/**/*.parquet', hive_partitioning = true)"
     ).fetchall()
     assert len(rows) == 14
@@ -311,6 +356,10 @@ def test_ray_run_best_of_n_duplicates_and_contamination(ray_local, corpus, tmp_p
     first = got[("a.jsonl", 0)][S.SAMPLE_ID]
     # exact duplicate; A re-encoded and at 1/3 with the same question: the original (larger) kept
     assert got[("a.jsonl", 2)][S.ROUTE] == "rejected" and reasons[("a.jsonl", 2)] == [f"duplicate_of:{first}"]
+    # known before replay: neither replayed nor judged (its original was)
+    assert got[("a.jsonl", 2)][S.REPLAY_STATUS] == "not_run" and got[("a.jsonl", 0)][S.REPLAY_STATUS] != "not_run"
+    assert all(got[("a.jsonl", 2)][c] is None for c in S.SCORE_COLUMNS)
+    assert any(got[("a.jsonl", 0)][c] is not None for c in S.SCORE_COLUMNS)
     for k in (("b.jsonl", 0), ("b.jsonl", 1)):
         assert got[k][S.ROUTE] == "rejected" and reasons[k][0] == f"duplicate_of:{first}", got[k]
     # same image, another question; plots differing by a small label: all kept

@@ -47,6 +47,10 @@ def test_default_run_fills_all_routes_and_disciplines(curated):
     for key in ("run_id", "config_hash", "reasons", "versions", "timings"):
         assert m[key]
     assert {"replay", "judges", "routing"} <= set(m["timings"]["stages"])
+    # throughput per run and per stage (rows, busy and CPU seconds); the console shows samples/s
+    assert m["samples_per_s"] > 0 and "samples/s" in output
+    replay = m["timings"]["stages"]["replay"]
+    assert replay["rows"] == DEFAULT_N and replay["cpu_s"] > 0 and replay["samples_per_s"] > 0
     # 2 replay + 2 judge actors + ingest and route tasks fit in 2 CPUs only when scaled down
     assert m["resources"] == {"cluster_cpus": 2.0, "replay_cpus_per_actor": 0.375, "judge_cpus_per_actor": 0.375,
                               "replay_actors": 2}
@@ -169,3 +173,35 @@ def test_one_cpu_run_completes(corpus_dir, tmp_path):
     res = result["resources"]
     assert res["cluster_cpus"] == 1.0 and res["replay_actors"] == 1
     assert res["replay_cpus_per_actor"] + res["judge_cpus_per_actor"] + 2 * TASK_CPUS <= 1.0 + 1e-9
+
+
+def test_visual_gain_matches_the_reference_scores_and_routes(curated):
+    """The coarse-to-fine registration keeps the bundled corpus's visual_gain within ±0.02 of the
+    exhaustive search it replaced (tests/data/visual_gain_reference.json) and every route; where
+    the old search registered at a wrong scale ("corrected"), the region found now is the crop box
+    the sample's code printed."""
+    import re
+    from pathlib import Path
+
+    import pyarrow.dataset as pads
+
+    from judges.visual_gain import VisualGainJudge
+
+    out, _ = curated
+    ref = json.loads((Path(__file__).parent / "data" / "visual_gain_reference.json").read_text())["scores"]
+    rows = pads.dataset(out / "shards", format="parquet", partitioning="hive").to_table().to_pylist()
+    assert {r[S.SAMPLE_ID] for r in rows} == set(ref)
+    judge = VisualGainJudge()
+    for row in rows:
+        sid, want = row[S.SAMPLE_ID], ref[row[S.SAMPLE_ID]]
+        assert row[S.ROUTE] == want["route"], sid
+        got = row[S.score_column("visual_gain")]
+        if not want.get("corrected"):
+            assert (got is None) == (want["score"] is None) and abs((got or 0) - (want["score"] or 0)) <= 0.02, sid
+            continue
+        printed = re.search(r"crop box: \((\d+), (\d+), (\d+), (\d+)\)", row[S.REPLAY][0][S.CELL_STDOUT])
+        x0, y0, x1, y1 = map(int, printed.groups())
+        verdict = judge.judge(row)
+        assert verdict.score == pytest.approx(got, abs=1e-4)
+        w, h = map(int, re.search(r"region (\d+)x(\d+)", verdict.why).groups())
+        assert w == pytest.approx(x1 - x0, rel=0.04) and h == pytest.approx(y1 - y0, rel=0.04), (sid, verdict.why)

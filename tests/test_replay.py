@@ -83,3 +83,23 @@ def test_broken_sandbox_stops_the_run_with_advice(tmp_path):
             check_sandbox_works(box)
     finally:
         box.close()
+
+
+@pytest.mark.parametrize("kind", ["process", "zygote"])
+def test_sandbox_cpu_meter_counts_the_cells_work(kind):
+    """The replay stage's cpu_s (manifest timings.stages) includes the CPU the cells used in the
+    sandbox's own processes, for both sandbox kinds; and it is a delta: a second take() after
+    nothing ran adds (almost) nothing."""
+    from pipeline.replay import SandboxCpuMeter
+    from pipeline.sandbox import ZygoteSandbox
+
+    box = ProcessSandbox(uid=UID, gid=UID) if kind == "process" else ZygoteSandbox(uid=UID, gid=UID)
+    try:
+        meter = SandboxCpuMeter(box)
+        out = box.replay(["s = 0\nfor i in range(3_000_000):\n    s += i * i\nprint(s > 0)"], [])
+        assert [o.status for o in out] == ["ok"] and out[0].stdout == "True\n"
+        used = meter.take()
+        assert used >= 0.05, f"a 3M-iteration loop used {used} CPU s according to the meter"
+        assert meter.take() < used
+    finally:
+        box.close()

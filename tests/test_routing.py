@@ -102,3 +102,13 @@ def test_bad_config_is_refused_with_the_key_named(tmp_path, content, needle):
 def test_missing_config_file_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_exact_duplicate_is_rejected_for_that_alone():
+    """An exact duplicate is never replayed or judged (null scores): its only reason is the
+    duplicate, even under a policy that rejects unverifiable samples."""
+    dup = row(replay_status="not_run", **dict.fromkeys(GOOD))
+    dup[S.DUPLICATE_OF] = "abc"
+    for policy in (P, RoutingPolicy(reject_unverifiable=True)):
+        d = decide(dup, policy)
+        assert (d.route, d.reasons) == ("rejected", ["duplicate_of:abc"])

@@ -104,11 +104,7 @@ def select_best(
     if not groups_file.is_file() or not any(shards_dir.rglob("*.parquet")):
         return counts
     db = work_dir / "best_of_n.duckdb"
-    db.unlink(missing_ok=True)
-    con = duckdb.connect(str(db))
-    con.execute(f"SET temp_directory = {_sql_str(work_dir / 'duckdb-tmp')}")
-    con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute("SET threads = 2")
+    con = _connect(db, work_dir, memory_limit)
     con.execute(f"CREATE TABLE groups AS SELECT * FROM read_parquet({_sql_str(groups_file)})")
     n_groups, n_members = con.execute(f"SELECT count(DISTINCT {S.DEDUP_GROUP}), count(*) FROM groups").fetchone()
     counts.update(groups=n_groups, members=n_members)
@@ -166,11 +162,7 @@ def apply_contamination(
     if not contaminated or not any(shards_dir.rglob("*.parquet")):
         return 0
     db = work_dir / "contamination.duckdb"
-    db.unlink(missing_ok=True)
-    con = duckdb.connect(str(db))
-    con.execute(f"SET temp_directory = {_sql_str(work_dir / 'duckdb-tmp')}")
-    con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute("SET threads = 2")
+    con = _connect(db, work_dir, memory_limit)
     con.execute(f"CREATE TABLE bench_hits({S.SAMPLE_ID} VARCHAR, names VARCHAR[])")
     con.executemany("INSERT INTO bench_hits VALUES (?, ?)", sorted(contaminated.items()))
     glob = _sql_str(shards_dir / "**" / "*.parquet")
@@ -186,6 +178,16 @@ def apply_contamination(
     con.close()
     db.unlink(missing_ok=True)
     return n
+
+
+def _connect(db: Path, work_dir: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """A fresh DuckDB database file in the run's work dir that spills beyond ``memory_limit``."""
+    db.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    con.execute(f"SET temp_directory = {_sql_str(work_dir / 'duckdb-tmp')}")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET threads = 2")
+    return con
 
 
 def _changes_by_file(

@@ -30,10 +30,11 @@ def _record(uid: str, code: str = "print(image.size)") -> dict:
             "final": "42", "gold": "42"}
 
 
-def _corpus(root: Path, n: int = 2) -> Path:
-    (root / "figs").mkdir(parents=True)
+def _corpus(root: Path, n: int = 2, image_root: Path | None = None) -> Path:
+    (image_root or root).joinpath("figs").mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     arr = np.tile(np.arange(400, dtype=np.uint8), (300, 1))
-    (root / "figs" / "page.png").write_bytes(png(arr))
+    (image_root or root).joinpath("figs", "page.png").write_bytes(png(arr))
     path = root / "rollouts.jsonl"
     path.write_text("".join(json.dumps(_record(f"r-{k}")) + "\n" for k in range(n)))
     return path
@@ -103,13 +104,15 @@ def test_entry_point_plugin_takes_part_in_detection(tmp_path, monkeypatch, examp
 @pytest.mark.timeout(420)
 def test_cli_run_with_a_plugin_format(tmp_path):
     """The README's worked example end to end: a real run (its own Ray) with
-    --format my_lab_format:ADAPTER, the module only on PYTHONPATH; workers import it too."""
-    path = _corpus(tmp_path / "data", n=3)
+    --format my_lab_format:ADAPTER, the module only on PYTHONPATH; workers import it too. The
+    images live elsewhere (data made on another machine): --image-root finds them."""
+    path = _corpus(tmp_path / "data", n=3, image_root=tmp_path / "elsewhere")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
     cli = Path(sys.executable).parent / "twi-curate"
     done = subprocess.run(
-        [str(cli), "run", str(path), "--out", str(out), "--format", "my_lab_format:ADAPTER", "--quiet"],
+        [str(cli), "run", str(path), "--out", str(out), "--format", "my_lab_format:ADAPTER", "--quiet",
+         "--image-root", str(tmp_path / "elsewhere")],
         capture_output=True, text=True, timeout=400, env=env, check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

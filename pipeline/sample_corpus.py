@@ -175,10 +175,15 @@ def _decoy_box(rng: np.random.Generator, view: Box, size: tuple[int, int], corne
     """A box of view's size centred at a random point at least 3 box sides from the bs-sided box
     at ``corner``: a same-size region that shows nothing of interest."""
     W, H = size
-    while True:
+    for _ in range(10_000):
         cx, cy = float(rng.uniform(bs, W - bs)), float(rng.uniform(bs, H - bs))
         if math.hypot(cx - corner[0] - bs / 2, cy - corner[1] - bs / 2) > 3 * bs:
             return _same_size_box(view, (cx, cy), size)
+    # a box too large for its image has no point that far: take the point farthest from it (some
+    # scenes of larger corpora drew such boxes and this loop never ended)
+    far = max(((bs, bs), (W - bs, bs), (bs, H - bs), (W - bs, H - bs)),
+              key=lambda p: math.hypot(p[0] - corner[0] - bs / 2, p[1] - corner[1] - bs / 2))
+    return _same_size_box(view, (float(far[0]), float(far[1])), size)
 
 
 def _center(box: Box) -> tuple[float, float]:

@@ -333,3 +333,18 @@ def test_case_plan_and_bad_arguments(tmp_path: Path) -> None:
     assert sc.case_plan(1) == [("mathematics", "zoom")]
     with pytest.raises(ValueError):
         sc.build_sample_corpus(tmp_path / "x", n=0)
+
+
+def test_decoy_box_terminates_when_no_point_is_far_enough():
+    """A scene whose outlined box is large for its image has no point 3 box sides away: the decoy
+    is then the farthest same-size region inside the image (building n=480 used to hang here)."""
+    import numpy as np
+
+    from pipeline.sample_corpus import _decoy_box
+
+    rng = np.random.default_rng(0)
+    view = (100, 100, 500, 500)
+    box = _decoy_box(rng, view, (1200, 900), (100, 100), 400)
+    assert box[2] - box[0] == 400 and box[3] - box[1] == 400
+    assert 0 <= box[0] and box[2] <= 1200 and 0 <= box[1] and box[3] <= 900
+    assert box[0] >= 600  # the far side of the image from the box at (100, 100)

@@ -346,5 +346,5 @@ def test_decoy_box_terminates_when_no_point_is_far_enough():
     view = (100, 100, 500, 500)
     box = _decoy_box(rng, view, (1200, 900), (100, 100), 400)
     assert box[2] - box[0] == 400 and box[3] - box[1] == 400
-    assert 0 <= box[0] and box[2] <= 1200 and 0 <= box[1] and box[3] <= 900
+    assert box[0] >= 0 and box[1] >= 0 and box[2] <= 1200 and box[3] <= 900
     assert box[0] >= 600  # the far side of the image from the box at (100, 100)

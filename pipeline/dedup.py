@@ -285,20 +285,22 @@ def ingest_with_keys(batch: dict[str, Any], cfg: IngestConfig, keys_dir: str) ->
         yield S.to_table(rows)
 
 
-def compact_keys(keys_dir: Path, name: str, memory_limit: str = "256MB") -> None:
-    """Merge the per-task key files of a finished window into ``keys_dir/<name>.parquet`` (DuckDB,
-    streaming), so the post-pass reads a few files instead of one per read task."""
+def compact_keys(keys_dir: Path, name: str) -> None:
+    """Merge the per-task key files of a finished window into ``keys_dir/<name>.parquet``, one row
+    group at a time (the detail images make key rows ~40 KB: a whole window must never sit in
+    memory; a DuckDB COPY under a 256 MB limit ran out of memory at 480 records), so the
+    post-pass reads a few files instead of one per read task."""
     pending = Path(keys_dir) / PENDING_DIR
     files = sorted(pending.glob("*.parquet"))
     if not files:
         return
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute("SET threads = 2")
-    files_sql = "[" + ", ".join(_sql_str(f) for f in files) + "]"
     target = Path(keys_dir) / f"{name}.parquet"
-    con.execute(f"COPY (SELECT * FROM read_parquet({files_sql})) TO {_sql_str(target)} (FORMAT parquet)")
-    con.close()
+    schema = pq.read_schema(files[0])
+    with pq.ParquetWriter(target, schema) as writer:
+        for f in files:
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                writer.write_table(pf.read_row_group(g).cast(schema))
     for f in files:
         f.unlink()
 

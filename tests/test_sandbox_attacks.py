@@ -14,9 +14,10 @@ Each test replays one hostile trajectory and asserts three things:
    session.
 
 Network targets are loopback only (127.0.0.1, ::1, "localhost") and names under ".invalid".
-An attack that succeeds is never weakened: the test asserts what happened, then ``pytest.xfail``
-with a reason starting "ESCAPE" (host data or a host channel reached) or "WEAKNESS" (a limit or
-the status reporting did not hold, nothing left the sandbox).
+An attack that succeeds is never weakened: the test asserts what happened, then fails with a
+reason starting "ESCAPE" (host data or a host channel reached: CI must go red), or marks
+``pytest.xfail`` with one starting "WEAKNESS" (a limit or the status reporting did not hold,
+nothing left the sandbox).
 """
 
 from __future__ import annotations
@@ -555,7 +556,7 @@ def test_unix_sockets_on_the_host(h):
     assert "ConnectionRefusedError" in r.out[0].error
     if reached:
         assert payload == TOKEN.encode() and "connected" in r.out[1].stdout
-        pytest.xfail(
+        pytest.fail(
             "ESCAPE: the cell connected to a host AF_UNIX socket outside /tmp "
             f"({path}, mode 0777) and sent data: AF_UNIX connect() is not filtered and /dev/shm "
             "is visible in the sandbox"
@@ -719,7 +720,7 @@ def test_read_the_host_project(h):
     leaked = [o for o in r.out if "[project]" in o.stdout or "'pyproject.toml'" in o.stdout]
     if leaked:
         assert "twi-curate" in r.text or "pyproject.toml" in r.text
-        pytest.xfail(
+        pytest.fail(
             f"ESCAPE: the cell read the host project ({', '.join(PROJECT_DIRS)}): pyproject.toml "
             f"contents / directory listing returned with status {[o.status for o in r.out]}; "
             "world-readable host files are visible (read-only) in the sandbox's mount namespace"
@@ -781,7 +782,7 @@ def test_environment_and_memory_secrets(h):
     leaks = h._leaks(r.text)
     if leaks:
         where = [k for k, o in enumerate(r.out) if h.host.secret_env in o.stdout + o.error]
-        pytest.xfail(f"ESCAPE: the parent's environment secret is visible to the cell (cells {where})")
+        pytest.fail(f"ESCAPE: the parent's environment secret is visible to the cell (cells {where})")
     if r.out[3].status == "ok":
         assert r.out[3].stdout == "scanned True []\n"
     assert memory.scanned and max(memory.scanned.values()) > 0, "the host-side memory scan saw nothing"
@@ -807,7 +808,7 @@ def test_read_images_outside_the_work_dir(h):
     signs = (f"READ ({w}, {ht})", f"READ ({ht}, {w}, 3)")
     leaked = [k for k, o in enumerate(r.out[:2]) if any(s in o.stdout for s in signs)]
     if leaked:
-        pytest.xfail(
+        pytest.fail(
             f"ESCAPE: a world-readable host image outside the work dir ({h.host.host_png}) was decoded "
             f"by cells {leaked} (statuses {r.statuses[:2]}; cv2.imread bypasses the audit-hook monitor)"
         )
@@ -895,7 +896,7 @@ def test_kill_minus_one_spares_host_processes(h):
         canary.kill()
         canary.wait()
     if not alive:
-        pytest.xfail("ESCAPE: kill(-1) in the cell killed a host process of the same uid")
+        pytest.fail("ESCAPE: kill(-1) in the cell killed a host process of the same uid")
     assert r.out[0].stdout.endswith("survived\n")
 
 

@@ -300,6 +300,12 @@ class VisualGainJudge:
             self._cache.popitem(last=False)
         return ref
 
+    def grey(self, image: dict[str, Any]) -> np.ndarray:
+        """An input image in 8-bit grey, from the same per-actor cache the judging used: the
+        judge stage computes the row's dedup keys from it (pipeline.dedup.write_block_keys)
+        instead of decoding the image once more."""
+        return self._prepared(image).gray
+
     def judge(self, row: dict[str, Any]) -> Verdict:
         inputs = row.get(S.IMAGES) or []
         cells = row.get(S.REPLAY) or []

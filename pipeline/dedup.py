@@ -18,19 +18,22 @@ Two passes, no image decoded twice for dedup (pipeline.run wires them):
     here, so they are known before replay: they are neither replayed nor judged (replay status
     ``not_run``, null scores "not judged: exact duplicate of <id>"), and their rows are still
     written, rejected as ``duplicate_of:<kept id>``.
-  * main pass (:func:`ingest_with_keys`, the ingest stage): beside each read task's rows it
-    writes the full keys of its records that are not exact duplicates (the first image decoded
-    once) to one Parquet file per task, named by the task so a retried task overwrites; after
-    each window :func:`compact_keys` merges them. After routing, :func:`post_verdicts` finds the
+  * main pass (:func:`write_block_keys`, in the judge stage): beside each block it judges, the
+    stage writes the full keys of the block's records that are not exact duplicates to one
+    Parquet file, named by the records so a retried block overwrites. The first image is decoded
+    once for the whole pass: the visual-gain judge decodes it to grey and the keys are computed
+    from that array (ingest used to decode it a second time for the keys alone: ~36 s of CPU on
+    480 records). After each window :func:`compact_keys` merges the files. After routing,
+    :func:`post_verdicts` finds the
     (image, question) groups and the benchmark overlap from these keys, and pipeline.best_of_n
     applies them to the staged shards. A contaminated record is therefore replayed and judged
     like any other, then rejected with ``contaminated:<name>`` (routed again) before best-of-N
     ranks the groups; its exact duplicates (same sample_id) get the same reason.
 
 Cost (the key computation). ``sample_id`` needs the sha256 of the image bytes, never a decode.
-pHash + detail need one decode: JPEG decodes at a reduced scale (``draft``, grey, >= 512 px);
-other formats decode fully (PNG cannot decode at a reduced size), are converted to 8-bit grey
-(one pass, no float), reduced by an integer factor (``Image.reduce``, box) to >= 2x the detail
+pHash + detail need the image in 8-bit grey (the decode the visual-gain judge makes anyway;
+JPEG is not decoded at a reduced scale, so corpus and benchmark keys come from the same pixels),
+reduced by an integer factor (``Image.reduce``, box) to >= 2x the detail
 size, then Lanczos-resampled; the pHash's DCT works on the 32x32 thumbnail of that. The detail
 image is stored as PGM (no compression step; Parquet compresses the column). Measured on the
 bundled corpus's 42 first images of 2200-3400 px (CPU time): the decode alone ~80 ms, the whole
@@ -90,7 +93,7 @@ import re
 import unicodedata
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -156,20 +159,24 @@ class ImageKeys(NamedTuple):
 
 
 def image_keys(data: bytes) -> ImageKeys:
-    """Keys of encoded image bytes: one decode, then only small images (module doc, "Cost").
-    The pHash is the signs of the 8x8 lowest frequencies of the 32x32 grey thumbnail's DCT
-    relative to their median."""
+    """Keys of encoded image bytes: one decode to 8-bit grey, then :func:`grey_keys`."""
     with Image.open(io.BytesIO(data)) as im:
-        width, height = im.size
-        im.draft("L", (DETAIL_SIDE, DETAIL_SIDE))  # JPEG decodes at a reduced size >= requested
-        grey = im.convert("L")  # uint8, one pass over the pixels
+        return grey_keys(np.asarray(im.convert("L")))
+
+
+def grey_keys(grey: np.ndarray) -> ImageKeys:
+    """Keys of an image already decoded to 8-bit grey (H x W uint8, as the visual-gain judge
+    holds it): only small images from here (module doc, "Cost"). The pHash is the signs of the
+    8x8 lowest frequencies of the 32x32 grey thumbnail's DCT relative to their median."""
+    height, width = grey.shape
+    small_grey = Image.fromarray(grey)
     # Image.reduce() by an integer factor (box average) down to >= 2x the target, then Lanczos
-    grey.thumbnail((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.LANCZOS, reducing_gap=DETAIL_REDUCING_GAP)
-    small = grey.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    small_grey.thumbnail((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.LANCZOS, reducing_gap=DETAIL_REDUCING_GAP)
+    small = small_grey.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
     low = dctn(np.asarray(small, dtype=np.float64), norm="ortho")[:8, :8].ravel()
     value = int("".join("1" if b else "0" for b in low > np.median(low)), 2)
     buf = io.BytesIO()
-    grey.save(buf, format="PPM")  # binary PGM: a header and the raw bytes (Parquet compresses it)
+    small_grey.save(buf, format="PPM")  # binary PGM: a header and the raw bytes (Parquet compresses it)
     return ImageKeys(value - (1 << 64) if value >= 1 << 63 else value, width / max(height, 1), buf.getvalue())
 
 
@@ -222,11 +229,15 @@ def question_key(text: str | None) -> str | None:
     return hashlib.sha1(norm.encode("utf-8")).hexdigest()[:20] if norm else None
 
 
-def key_row(row: dict[str, Any], images: bool = True) -> dict[str, Any] | None:
+def key_row(
+    row: dict[str, Any], images: bool = True, grey: Callable[[dict[str, Any]], np.ndarray] | None = None
+) -> dict[str, Any] | None:
     """The key of one canonical row. None for invalid rows and for prompts without a trajectory:
     routing rejects those anyway, and a prompt must not make its own rollouts duplicates.
     ``images=False`` is the light key of the pre-pass: no image is decoded (``isha`` is the
-    sha256 ingest computed anyway), ``phash`` / ``aspect`` / ``detail`` stay null."""
+    sha256 ingest computed anyway), ``phash`` / ``aspect`` / ``detail`` stay null. ``grey``
+    returns the first image decoded to grey (the judge stage passes its visual-gain judge's,
+    so the image is not decoded again for its keys)."""
     if row.get(S.INPUT_ERROR) or not row.get(S.TURNS):
         return None
     first = (row.get(S.IMAGES) or [None])[0]
@@ -235,7 +246,7 @@ def key_row(row: dict[str, Any], images: bool = True) -> dict[str, Any] | None:
         isha = first[S.IMG_SHA256] or hashlib.sha256(first[S.IMG_BYTES]).hexdigest()
         if images:
             try:
-                keys = image_keys(first[S.IMG_BYTES])
+                keys = grey_keys(grey(first)) if grey else image_keys(first[S.IMG_BYTES])
             except Exception:  # ingest verified the bytes; a hash failure leaves identical bytes only
                 keys = None
     return {
@@ -262,27 +273,23 @@ def keys_batch(batch: dict[str, Any], cfg: IngestConfig) -> Iterator[pa.Table]:
     yield pa.Table.from_pylist(keys, schema=KEY_SCHEMA)
 
 
-def _task_key_file(keys_dir: Path, task: ReadTask) -> Path:
-    """Where a task's main-pass keys go: named by the task, so a retried task overwrites."""
-    name = hashlib.sha1(f"{task.file}\x00{task.first_index}\x00{task.count}".encode()).hexdigest()[:20]
-    return keys_dir / PENDING_DIR / f"{name}.parquet"
-
-
-def ingest_with_keys(batch: dict[str, Any], cfg: IngestConfig, keys_dir: str) -> Iterator[pa.Table]:
-    """Ray Data map_batches fn of the main pass: pipeline.ingest.ingest_batch, and beside it the
-    full key rows (first image decoded once) of the records that are not exact duplicates, one
-    Parquet file per read task under ``keys_dir`` (written to a temporary name, then renamed)."""
-    for i in range(len(batch["file"])):
-        task = task_from_batch(batch, i)
-        rows = read_task(task, cfg)
-        keys = [k for r in rows if not r.get(S.DUPLICATE_OF) and (k := key_row(r)) is not None]
-        if keys:
-            target = _task_key_file(Path(keys_dir), task)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.stem}-{uuid.uuid4().hex[:8]}.tmp")
-            pq.write_table(pa.Table.from_pylist(keys, schema=KEY_SCHEMA), tmp)
-            os.replace(tmp, target)
-        yield S.to_table(rows)
+def write_block_keys(
+    rows: list[dict[str, Any]], keys_dir: str | Path, grey: Callable[[dict[str, Any]], np.ndarray] | None = None
+) -> int:
+    """Main pass, in the judge stage: the full key rows of a block's records that are not exact
+    duplicates (first image decoded once, by the judge: ``grey``) to one Parquet file under
+    ``keys_dir/pending``, written to a temporary name and renamed. The file is named by the
+    records it holds, so a retried block overwrites its own keys instead of adding a copy."""
+    keys = [k for r in rows if not r.get(S.DUPLICATE_OF) and (k := key_row(r, grey=grey)) is not None]
+    if not keys:
+        return 0
+    name = hashlib.sha1("\x00".join(f"{k[KEY_FILE]}\x00{k[KEY_IDX]}" for k in keys).encode()).hexdigest()[:20]
+    target = Path(keys_dir) / PENDING_DIR / f"{name}.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}-{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(pa.Table.from_pylist(keys, schema=KEY_SCHEMA), tmp)
+    os.replace(tmp, target)
+    return len(keys)
 
 
 def compact_keys(keys_dir: Path, name: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow as pa
 
 from judges import Judge
+from pipeline.dedup import write_block_keys
 from schemas import sample as S
 
 
@@ -31,15 +32,22 @@ def judge_row(row: dict[str, Any], judges: list[Judge]) -> dict[str, Any]:
 
 
 class JudgeStage:
-    """Ray Data callable: judges are built once per worker."""
+    """Ray Data callable: judges are built once per worker. With ``keys_dir`` it also writes the
+    dedup keys of every block it judges (the first image decoded once, by the judge)."""
 
-    def __init__(self, judges_factory: Any, stage_metrics: Any = None):
+    def __init__(self, judges_factory: Any, stage_metrics: Any = None, keys_dir: str | None = None):
         self.judges = judges_factory()
         self.metrics = stage_metrics
+        self.keys_dir = keys_dir
+        # the decoded inputs of a judge that keeps them (visual gain): the dedup keys reuse them
+        self.grey = next((j.grey for j in self.judges if hasattr(j, "grey")), None)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start, cpu = time.perf_counter(), time.process_time()
-        out = S.to_table([judge_row(r, self.judges) for r in batch.to_pylist()])
+        rows = [judge_row(r, self.judges) for r in batch.to_pylist()]
+        if self.keys_dir is not None:  # the main pass's dedup keys (pipeline.dedup), same decode
+            write_block_keys(rows, self.keys_dir, self.grey)
+        out = S.to_table(rows)
         if self.metrics is not None:
             self.metrics.add.remote("judges", out.num_rows, time.perf_counter() - start, time.process_time() - cpu)
         return out

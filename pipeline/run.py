@@ -28,7 +28,6 @@ from pipeline.dedup import (
     attach_verdicts,
     compact_keys,
     find_verdicts,
-    ingest_with_keys,
     key_files,
     keys_batch,
     load_benchmark,
@@ -132,15 +131,12 @@ def ensure_sandbox_level(
     return report.as_dict()
 
 
-def ingest_dataset(tasks: list[ReadTask], cfg: RunConfig, keys_dir: Path | None = None) -> ray.data.Dataset:
+def ingest_dataset(tasks: list[ReadTask], cfg: RunConfig) -> ray.data.Dataset:
     """Read tasks -> canonical rows, one small block per task (so replay spreads over actors).
-    With ``keys_dir`` each task also writes the dedup keys of its records there
-    (pipeline.dedup.ingest_with_keys: the first image decoded once, no second parse)."""
+    No image is decoded here: the judge stage writes the dedup keys from its own decode."""
     ds = ray.data.from_items(task_items(tasks), override_num_blocks=len(tasks))
-    fn = partial(ingest_batch, cfg=cfg.ingest)
-    if keys_dir is not None:
-        fn = partial(ingest_with_keys, cfg=cfg.ingest, keys_dir=str(keys_dir))
-    return ds.map_batches(fn, batch_size=1, batch_format="numpy", num_cpus=TASK_CPUS)
+    return ds.map_batches(partial(ingest_batch, cfg=cfg.ingest), batch_size=1, batch_format="numpy",
+                          num_cpus=TASK_CPUS)
 
 
 KEY_TASKS_PER_BATCH = 16  # the key pass has no replay behind it: bigger batches, fewer Ray tasks
@@ -274,7 +270,7 @@ def run_pipeline(
     resources = stage_cpus(cfg, ray.cluster_resources().get("CPU", 1), pool)
     keys_dir = staging / KEYS_DIR if post_keys_needed(cfg, bench) else None
     for window_no, window in enumerate(windows()):
-        ds = ingest_dataset(attach_verdicts(window, verdicts), cfg, keys_dir)
+        ds = ingest_dataset(attach_verdicts(window, verdicts), cfg)
         ds = ds.map_batches(
             ReplayActor,
             fn_constructor_kwargs={
@@ -290,7 +286,10 @@ def run_pipeline(
         )
         ds = ds.map_batches(
             JudgeStage,
-            fn_constructor_kwargs={"judges_factory": judges_factory, "stage_metrics": metrics},
+            fn_constructor_kwargs={
+                "judges_factory": judges_factory, "stage_metrics": metrics,
+                "keys_dir": str(keys_dir) if keys_dir is not None else None,
+            },
             batch_size=cfg.judges.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=pool),

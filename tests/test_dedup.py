@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from judges.visual_gain import VisualGainJudge
 from pipeline.best_of_n import QUALITY_WEIGHTS, ROUTE_TIER, quality
 from pipeline.cli import app
 from pipeline.config import DedupConfig, IngestConfig, RunConfig
@@ -30,16 +31,16 @@ from pipeline.dedup import (
     detail_diff,
     hamming,
     image_keys,
-    ingest_with_keys,
     key_files,
     key_row,
     load_benchmark,
     normalize_question,
     post_verdicts,
     read_groups,
+    write_block_keys,
 )
 from pipeline.dedup import find_verdicts as _find_verdicts
-from pipeline.ingest import plan_read_tasks, read_task
+from pipeline.ingest import ingest_batch, plan_read_tasks, read_task
 from pipeline.run import run_pipeline
 from schemas import sample as S
 from tests.format_fixtures import BOX, crop_zoom, label_image
@@ -207,9 +208,9 @@ def test_verdicts_do_not_depend_on_partitioning_or_order(corpus, tmp_path):
 
 def test_light_pre_pass_and_main_pass_keys_give_the_same_verdicts(corpus, tmp_path):
     """The wiring of a run: the light pre-pass (parse only, no image decoded) finds the exact
-    duplicates; the main pass's ingest writes the full keys of the other records (one file per
-    read task, compacted per window); the post-pass then finds the same groups and benchmark
-    overlap as one pass over every full key."""
+    duplicates; the main pass's judge stage writes the full keys of the other records from the
+    visual-gain judge's decode (one file per block, compacted per window); the post-pass then
+    finds the same groups and benchmark overlap as one pass over every full key."""
     bench = load_benchmark(corpus / "bench" / "benchmark.jsonl", CFG)
     tasks = plan_read_tasks([corpus / "in" / f for f in ("a.jsonl", "b.jsonl")], 2)
     full = key_rows(corpus)
@@ -223,10 +224,18 @@ def test_light_pre_pass_and_main_pass_keys_give_the_same_verdicts(corpus, tmp_pa
 
     keys_dir, rows = tmp_path / "keys", []
     flagged = attach_verdicts(tasks, exact)
+    judge = VisualGainJudge()
     for w, window in enumerate((flagged[:2], flagged[2:])):
+        blocks = 0
         for task in window:
             batch = {k: [v] for k, v in asdict(task).items()}
-            rows += [r for table in ingest_with_keys(batch, CFG, str(keys_dir)) for r in table.to_pylist()]
+            block = [r for table in ingest_batch(batch, CFG) for r in table.to_pylist()]
+            written = [write_block_keys(block, keys_dir, judge.grey) for _ in range(2)]  # 2nd: a retried block
+            assert written[0] == written[1] == sum(1 for r in block if not r[S.INPUT_ERROR] and not r[S.DUPLICATE_OF])
+            blocks += bool(written[0])
+            rows += block
+        # the retry replaced its block's file instead of adding a second copy of the keys
+        assert len(list((keys_dir / PENDING_DIR).glob("*"))) == blocks
         compact_keys(keys_dir, f"window-{w}")
     assert len(rows) == 10 and not list((keys_dir / PENDING_DIR).glob("*"))  # one row per record
     assert [(r[S.SOURCE][S.SRC_FILE], r[S.SOURCE][S.SRC_INDEX]) for r in rows if r[S.DUPLICATE_OF]] == list(exact)

@@ -1,4 +1,4 @@
-"""`twi-curate` command line: run, inspect, sample-corpus, sandbox check|run."""
+"""`twi-curate` command line: run, inspect, report, sample-corpus, sandbox check|run."""
 
 from __future__ import annotations
 
@@ -43,9 +43,16 @@ def print_table(title: str, cols: list[str], rows: list[tuple[Any, ...]]) -> Non
     console.print(table)
 
 
-def _fail(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code=2)
+# Exit codes of `twi-curate run` (README "Scheduled runs"): 0 done (or nothing to add);
+EXIT_CANNOT_START = 2  # bad config, input, format, benchmark or sandbox level; usage errors
+EXIT_LOCKED = 3  # another run is writing into OUT
+EXIT_WRITE_FAILED = 4  # writing the results failed (disk full, read-only, I/O); OUT unchanged
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT; OUT unchanged
+
+
+def _fail(msg: str, code: int = EXIT_CANNOT_START) -> None:
+    err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)  # one line, whatever the width (logs, cron)
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -77,6 +84,11 @@ def run(
             "--allow-weak-sandbox", help="replay even if the sandbox is below replay.min_sandbox_level (unsafe)"
         ),
     ] = False,
+    recompute: Annotated[
+        str | None,
+        typer.Option("--recompute", help="recompute the rows OUT holds already from this stage on: replay, judges or "
+                     "routing (default: only when that stage's settings changed)"),
+    ] = None,
     image_root: Annotated[
         list[Path] | None,
         typer.Option(
@@ -96,12 +108,16 @@ def run(
         cfg = with_image_roots(with_llm_judge(load_config(config), judge_endpoint, judge_model), image_root or [])
     except ConfigError as exc:
         _fail(str(exc))
+    if recompute is not None and recompute not in ("replay", "judges", "routing"):
+        _fail(f"--recompute must be replay, judges or routing, not {escape(recompute)!r}")
     if not inputs:
         corpus_dir = cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0"
         console.print(f"No INPUT given: using the bundled sample corpus ({corpus_dir})")
         inputs = [ensure_sample_corpus(corpus_dir, n=DEFAULT_N, seed=0)]
     from pipeline.dedup import BenchmarkError
     from pipeline.formats import UnknownFormatError
+    from pipeline.publish import OutLockedError, WriteFailedError
+    from pipeline.run import NothingToCurate
     from pipeline.sandbox.levels import SandboxLevelError
 
     try:
@@ -116,6 +132,7 @@ def run(
             warn=lambda msg: err.print(f"[bold red]WARNING:[/] [red]{escape(msg)}[/]"),
             format=input_format,
             benchmark=benchmark,
+            recompute=recompute,
         )
     except FileNotFoundError as exc:
         _fail(str(exc))
@@ -123,6 +140,16 @@ def run(
         _fail(escape(str(exc)))
     except SandboxLevelError as exc:
         _fail(escape(str(exc)))
+    except OutLockedError as exc:
+        _fail(escape(str(exc)), EXIT_LOCKED)
+    except WriteFailedError as exc:
+        _fail(escape(str(exc)), EXIT_WRITE_FAILED)
+    except NothingToCurate as exc:
+        console.print(escape(str(exc)))
+        return
+    except KeyboardInterrupt:
+        _fail(f"interrupted: nothing was published; {out} still shows its previous results (its staging was "
+              "removed). Rerun the same command to curate again.", EXIT_INTERRUPTED)
     _print_summary(manifest)
     labels = find_labels(inputs)
     if labels is not None and limit is None:
@@ -132,6 +159,7 @@ def run(
             f"Agreement with {labels.name}: {ev['agree']}/{ev['labeled']} = {ev['agreement']:.1%} "
             f"(details in {out / 'evaluation.json'})"
         )
+    console.print(f"Report {_write_report(out)}")
     if not manifest["conservation"]["ok"]:
         _fail("conservation check failed: see manifest.json 'conservation' (this is a bug, please report)")
     console.print(f"Shards in {out / 'shards'}; manifest {out / 'manifest.json'}")
@@ -395,6 +423,40 @@ def export(
     except FileNotFoundError as exc:
         _fail(str(exc))
     console.print(f"exported {summary['samples']} samples of {stage} as {fmt} to {dest} ({summary['by_route']})")
+
+
+def _write_report(out: Path) -> str:
+    """`run` ends by writing OUT/report.html (pipeline.report); -> the line to print. The results are
+    published already: a report that cannot be written (disk full) is a warning, not a failed run."""
+    from pipeline.report import write_report
+
+    try:
+        return write_report(out).summary()
+    except OSError as exc:
+        return f"not written ({escape(str(exc))}); write it later with: twi-curate report {escape(str(out))}"
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="output folder of a run")],
+    dest: Annotated[Path | None, typer.Option("--out", help="HTML file to write (default OUT/report.html)")] = None,
+    samples: Annotated[
+        str, typer.Option("--samples", help="gallery trajectories per route (twi, text, rejected), or 'all'")
+    ] = "6",
+) -> None:
+    """One self-contained HTML report of a run: funnel, routes, reasons, score histograms, replay, judges,
+    history and a gallery of trajectories (full-size images in <report>_files/ beside it)."""
+    from pipeline.report import parse_samples, write_report
+
+    try:
+        n = parse_samples(samples)
+    except ValueError:
+        _fail("--samples takes a number >= 0 or 'all'")
+    try:
+        result = write_report(out, dest, n)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    console.print(f"Report {result.summary()}")
 
 
 @app.command()

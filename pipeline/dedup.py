@@ -114,6 +114,7 @@ from schemas import sample as S
 
 KEY_SID, KEY_FILE, KEY_IDX, KEY_QKEY = "sample_id", "file", "idx", "qkey"
 KEY_ISHA, KEY_PHASH, KEY_ASPECT, KEY_DETAIL = "isha", "phash", "aspect", "detail"
+KEY_VALID = "valid"  # false: an invalid record or a prompt without trajectory, listed only for the run ledger
 KEY_SCHEMA = pa.schema(
     [
         pa.field(KEY_SID, pa.string()),
@@ -124,6 +125,7 @@ KEY_SCHEMA = pa.schema(
         pa.field(KEY_PHASH, pa.int64()),
         pa.field(KEY_ASPECT, pa.float64()),
         pa.field(KEY_DETAIL, pa.binary()),
+        pa.field(KEY_VALID, pa.bool_()),
     ]
 )
 # groups.parquet: one row per member of an (image, question) group of two or more records
@@ -258,18 +260,22 @@ def key_row(
         KEY_PHASH: keys.phash if keys else None,
         KEY_ASPECT: keys.aspect if keys else None,
         KEY_DETAIL: keys.detail if keys else None,
+        KEY_VALID: True,
     }
 
 
 def keys_batch(batch: dict[str, Any], cfg: IngestConfig) -> Iterator[pa.Table]:
     """Ray Data map_batches fn of the pre-pass: a batch of ReadTask dicts -> light key rows
-    (KEY_SCHEMA, image columns null: the records are parsed, no image is decoded)."""
+    (KEY_SCHEMA, image columns null: the records are parsed, no image is decoded). Records that
+    have no key (invalid, no trajectory) get a row with ``valid`` false: sample_id, file and
+    index only, for the run ledger (pipeline.ledger); dedup ignores them."""
     keys = []
     for i in range(len(batch["file"])):
         for row in read_task(task_from_batch(batch, i), cfg):
             k = key_row(row, images=False)
-            if k is not None:
-                keys.append(k)
+            keys.append(k if k is not None else {
+                KEY_SID: row[S.SAMPLE_ID], KEY_FILE: row[S.SOURCE][S.SRC_FILE], KEY_IDX: row[S.SOURCE][S.SRC_INDEX],
+                KEY_VALID: False})
     yield pa.Table.from_pylist(keys, schema=KEY_SCHEMA)
 
 
@@ -436,8 +442,9 @@ def _verdicts(
         CREATE TABLE ranked AS
         SELECT {KEY_SID}, {KEY_FILE}, {KEY_IDX}, {KEY_QKEY}, {KEY_ISHA}, {KEY_PHASH}, {KEY_ASPECT},
                row_number() OVER (PARTITION BY {KEY_SID} ORDER BY {KEY_FILE}, {KEY_IDX}) AS rn
-        FROM read_parquet({files_sql})""")
-    con.execute(f"CREATE VIEW details AS SELECT {KEY_FILE}, {KEY_IDX}, {KEY_DETAIL} FROM read_parquet({files_sql})")
+        FROM read_parquet({files_sql}) WHERE {KEY_VALID}""")
+    con.execute(f"CREATE VIEW details AS SELECT {KEY_FILE}, {KEY_IDX}, {KEY_DETAIL} FROM read_parquet({files_sql}) "
+                f"WHERE {KEY_VALID}")
     if cfg.exact:
         for file, idx, sid in con.execute(f"SELECT {KEY_FILE}, {KEY_IDX}, {KEY_SID} FROM ranked WHERE rn > 1").fetchall():
             verdicts[(file, idx)][S.DUPLICATE_OF] = sid

@@ -229,6 +229,9 @@ def invalid_row(
     return row
 
 
+KNOWN = "already_curated"  # a read task's verdict: OUT already holds this record (pipeline.ledger)
+
+
 def task_flags(task: ReadTask) -> dict[int, dict[str, Any]]:
     """Dedup/contamination verdicts attached to a task by the driver: record index -> columns."""
     if not task.flags:
@@ -246,6 +249,8 @@ def read_task(task: ReadTask | dict, cfg: IngestConfig) -> list[dict[str, Any]]:
     for index, payload in sources.task_payloads(task):
         row = parse_payload(payload, task.file, index, cfg, task.format, task.forced)
         verdict = flags.get(index)
+        if verdict and verdict.get(KNOWN):  # OUT holds this record's row already (pipeline.ledger)
+            continue
         if verdict and not row[S.INPUT_ERROR]:
             row[S.DUPLICATE_OF] = verdict.get(S.DUPLICATE_OF)
             row[S.CONTAMINATED_BY] = verdict.get(S.CONTAMINATED_BY) or None

@@ -12,10 +12,12 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import ray
 
 from judges import metric_judges
@@ -43,19 +45,35 @@ from pipeline.ingest import (
     write_plan,
 )
 from pipeline.judge import JudgeStage
+from pipeline.ledger import (
+    STAGES,
+    carry_over,
+    first_changed_stage,
+    known_and_superseded,
+    stage_hashes,
+    write_ledger,
+)
 from pipeline.llm_judge import LLMJudgeStage
-from pipeline.manifest import build_manifest, write_manifest
+from pipeline.manifest import MANIFEST, build_manifest, read_manifest, write_manifest
 from pipeline.metrics import StageMetrics
+from pipeline.publish import STAGING_PREFIX, OutLock, has_results, publish, sweep_leftovers, write_failure
 from pipeline.replay import ReplayActor
 from pipeline.route import route_batch
 from pipeline.sandbox.levels import SandboxLevelError, check_level
+from pipeline.shards import SHARDS_DIR
 from schemas import sample as S
 
 log = logging.getLogger(__name__)
 
-SHARDS_DIR = "shards"
+
 PLAN_FILE = "plan.jsonl"
+PREVIOUS_ROWS = "previous-rows"  # earlier rows to recompute (work dir)
+RUNS_DIR = "runs"  # OUT/runs/<run_id>.json: the manifest of every run
 JUDGE_CACHE_DIR = "judge_cache"  # LLM judge responses, kept with the output so reruns are free
+
+
+class NothingToCurate(RuntimeError):
+    """The inputs hold no record and OUT already has results: the run adds nothing and changes nothing."""
 
 
 def init_ray(address: str | None = None, quiet: bool = False, num_cpus: int | None = None) -> None:
@@ -148,15 +166,19 @@ def post_keys_needed(cfg: RunConfig, benchmark: list | None) -> bool:
 
 
 def dedup_verdicts(
-    windows: Iterable[list[ReadTask]], cfg: RunConfig, benchmark: list | None, work_dir: Path
-) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, int]]:
-    """The light pre-pass (exact duplicates only, so they are neither replayed nor judged): Ray
-    Data parses every record window by window, decoding no image, and appends its light key
-    (sample_id, file, index, question and image-bytes hashes) to ``work_dir/prekeys``; DuckDB finds the duplicates
-    (pipeline.dedup). Returns the verdicts of the flagged records only, and counts for the
-    manifest. Groups and contamination come after the main pass (:func:`dedup_post_pass`)."""
-    if not cfg.dedup.exact:
-        return {}, {}
+    windows: Iterable[list[ReadTask]], cfg: RunConfig, benchmark: list | None, work_dir: Path,
+    previous_shards: Path | None = None,
+) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, int], set[tuple[str, int]]]:
+    """The light pre-pass (exact duplicates, and records OUT already holds, so they are neither
+    replayed nor judged): Ray Data parses every record window by window, decoding no image, and
+    appends its light key (sample_id, file, index, question and image-bytes hashes) to
+    ``work_dir/prekeys``; DuckDB finds the duplicates (pipeline.dedup) and, with
+    ``previous_shards``, the records already curated and the earlier rows this input replaces
+    (pipeline.ledger). Returns the verdicts of the flagged records only, counts for the manifest
+    and the superseded (file, index). Groups and contamination come after the main pass
+    (:func:`dedup_post_pass`)."""
+    if not cfg.dedup.exact and previous_shards is None:
+        return {}, {}, set()
     keys_dir = work_dir / "prekeys"
     cpus = int(ray.cluster_resources().get("CPU", 1))
     for tasks in windows:
@@ -167,8 +189,16 @@ def dedup_verdicts(
             num_cpus=TASK_CPUS,
         )
         ds.write_parquet(str(keys_dir))
-    verdicts = find_verdicts(sorted(str(p) for p in keys_dir.rglob("*.parquet")), cfg.dedup, None, work_dir)
-    return verdicts, {"duplicates": sum(1 for v in verdicts.values() if v.get(S.DUPLICATE_OF))}
+    files = sorted(str(p) for p in keys_dir.rglob("*.parquet"))
+    verdicts = find_verdicts(files, cfg.dedup, None, work_dir) if cfg.dedup.exact else {}
+    counts = {"duplicates": sum(1 for v in verdicts.values() if v.get(S.DUPLICATE_OF))}
+    superseded: set[tuple[str, int]] = set()
+    if previous_shards is not None:
+        known, superseded = known_and_superseded(files, previous_shards)
+        for where, verdict in known.items():
+            verdicts.setdefault(where, {}).update(verdict)
+        counts.update(already_curated=len(known), superseded=len(superseded))
+    return verdicts, counts, superseded
 
 
 def dedup_post_pass(
@@ -207,6 +237,102 @@ def dedup_tasks(
     return attach_verdicts(tasks, verdicts), counts
 
 
+@dataclass
+class StageArgs:
+    """What every stage of a run needs (built once per run, see :func:`add_stages`)."""
+
+    cfg: RunConfig
+    metrics: Any
+    lineage: dict[str, Any]
+    pool: int
+    resources: dict[str, float]
+    out_dir: Path
+    allow_weak_sandbox: bool
+    keys_dir: Path | None
+
+
+def add_stages(ds: ray.data.Dataset, first: str, a: StageArgs) -> ray.data.Dataset:
+    """The curation stages from ``first`` ("replay", "judges" or "routing") to routing, in order:
+    sandboxed replay -> metric judges (+ the dedup keys) -> LLM judges (when configured) -> routing.
+    New records enter at "replay"; earlier rows recomputed after a settings change enter at the
+    first changed stage (pipeline.ledger)."""
+    cfg = a.cfg
+    if first not in STAGES:
+        raise ValueError(f"unknown stage {first!r}")
+    if first == "replay":
+        ds = ds.map_batches(
+            ReplayActor,
+            fn_constructor_kwargs={"cfg": cfg.replay, "stage_metrics": a.metrics, "allow_weak_sandbox": a.allow_weak_sandbox},
+            batch_size=cfg.replay.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=a.pool),
+            num_cpus=a.resources["replay_cpus_per_actor"],
+        )
+    if first in ("replay", "judges"):
+        judges_factory = partial(metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px, cfg.routing.recovered_errors)
+        ds = ds.map_batches(
+            JudgeStage,
+            fn_constructor_kwargs={
+                "judges_factory": judges_factory, "stage_metrics": a.metrics,
+                "keys_dir": str(a.keys_dir) if a.keys_dir is not None and first == "replay" else None,
+            },
+            batch_size=cfg.judges.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=a.pool),
+            num_cpus=a.resources["judge_cpus_per_actor"],
+        )
+        llm = cfg.judges.llm
+        if llm.enabled:
+            ds = ds.map_batches(
+                LLMJudgeStage,
+                fn_constructor_kwargs={
+                    "settings": llm, "cache_dir": str(a.out_dir / JUDGE_CACHE_DIR), "stage_metrics": a.metrics
+                },
+                batch_size=llm.batch_size,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=llm.pool_size()),
+                num_cpus=LLM_ACTOR_CPUS,
+            )
+    return ds.map_batches(
+        route_batch,
+        fn_kwargs={"policy": cfg.routing, "lineage": a.lineage, "stage_metrics": a.metrics},
+        batch_format="pyarrow",
+        num_cpus=TASK_CPUS,
+    )
+
+
+def read_shard_rows(batch: Any) -> Any:
+    """Ray Data fn: a shard file (one per batch) -> its rows as canonical columns, with the hive
+    partition columns (route, discipline) restored from its path."""
+    import pyarrow as pa
+
+    path = Path(batch.column("path")[0].as_py())
+    table = pq.read_table(path)
+    parts = dict(p.split("=", 1) for p in path.parent.relative_to(batch.column("base")[0].as_py()).parts if "=" in p)
+    for col in S.PARTITION_COLUMNS:
+        if col not in table.column_names:
+            table = table.append_column(col, pa.array([parts.get(col)] * table.num_rows, pa.string()))
+    return table
+
+
+def recompute_previous(previous_rows: Path, staging: Path, first: str, a: StageArgs) -> int:
+    """Earlier rows (hard links of the previous version's shards under ``previous_rows``) through
+    the stages from ``first`` on, into the staged shards. Returns the rows recomputed."""
+    files = sorted(str(p) for p in previous_rows.rglob("*.parquet"))
+    if not files:
+        return 0
+    # one block per shard file, read by a task (Ray's read_parquet needs fsspec's HTTP extras here)
+    ds = ray.data.from_items([{"path": f, "base": str(previous_rows)} for f in files], override_num_blocks=len(files))
+    ds = ds.map_batches(read_shard_rows, batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS)
+    # their dedup keys are not written again: best-of-N and contamination were settled when they were added
+    add_stages(ds, first, replace(a, keys_dir=None)).write_parquet(str(staging / SHARDS_DIR), partition_cols=list(S.PARTITION_COLUMNS))
+    n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    shutil.rmtree(previous_rows)
+    return n
+
+
+
+
 def run_pipeline(
     inputs: list[Path],
     out_dir: Path,
@@ -219,8 +345,16 @@ def run_pipeline(
     warn: Callable[[str], None] | None = None,
     format: str | None = None,
     benchmark: Path | None = None,
+    recompute: str | None = None,
 ) -> dict[str, Any]:
     """Curate ``inputs`` into ``out_dir``; returns the manifest (also written as manifest.json).
+
+    One run at a time per OUT (pipeline.publish: a second one gets :class:`OutLockedError`); the
+    result is published atomically, and OUT keeps what earlier runs curated (pipeline.ledger):
+    records it holds already are skipped, earlier rows are carried over, or recomputed from the
+    first stage whose settings changed (``recompute`` forces a stage). An input with no record
+    into an OUT with results raises :class:`NothingToCurate`; a failed write
+    :class:`WriteFailedError` (OUT unchanged).
 
     Before any Ray work the replay sandbox is checked against ``replay.min_sandbox_level``
     (:func:`ensure_sandbox_level`): below it the run stops with :class:`SandboxLevelError`, unless
@@ -236,111 +370,108 @@ def run_pipeline(
     lineage = {S.LIN_PIPELINE_VERSION: __version__, S.LIN_CONFIG_HASH: cfg.config_hash(), S.LIN_RUN_ID: run_id}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir / f".staging-{run_id}"
+    staging = out_dir / f"{STAGING_PREFIX}{run_id}"
 
-    # The plan streams to disk and the corpus through Ray in windows of read tasks: the driver's
-    # memory does not grow with the corpus (Ray keeps per-block state in the driver).
-    t = time.perf_counter()
-    plan = staging / PLAN_FILE
-    try:
-        input_records, n_tasks = write_plan(iter_read_tasks(files, cfg.ingest.lines_per_task, limit, format), plan)
-        timings["plan_s"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        sandbox = ensure_sandbox_level(cfg, allow_weak_sandbox, warn) if n_tasks else None
-        timings["sandbox_check_s"] = round(time.perf_counter() - t, 3)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    windows = partial(read_plan, plan, cfg.ingest.tasks_per_window)
+    with OutLock(out_dir, run_id):
+        swept = sweep_leftovers(out_dir)  # staging of killed runs: never read, never left to fill a disk
+        try:
+            # The plan streams to disk and the corpus through Ray in windows of read tasks: the driver's
+            # memory does not grow with the corpus (Ray keeps per-block state in the driver).
+            t = time.perf_counter()
+            plan = staging / PLAN_FILE
+            input_records, n_tasks = write_plan(iter_read_tasks(files, cfg.ingest.lines_per_task, limit, format), plan)
+            timings["plan_s"] = round(time.perf_counter() - t, 3)
+            if input_records == 0 and has_results(out_dir):
+                raise NothingToCurate(
+                    f"0 input records in {', '.join(str(i) for i in inputs)}: nothing to curate; "
+                    f"the results already in {out_dir} were left untouched."
+                )
+            t = time.perf_counter()
+            sandbox = ensure_sandbox_level(cfg, allow_weak_sandbox, warn) if n_tasks else None
+            timings["sandbox_check_s"] = round(time.perf_counter() - t, 3)
+            windows = partial(read_plan, plan, cfg.ingest.tasks_per_window)
 
-    t = time.perf_counter()
-    init_ray(address, quiet=quiet, num_cpus=num_cpus)
-    timings["ray_init_s"] = round(time.perf_counter() - t, 3)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = not quiet
-    metrics = StageMetrics.remote()
+            t = time.perf_counter()
+            init_ray(address, quiet=quiet, num_cpus=num_cpus)
+            timings["ray_init_s"] = round(time.perf_counter() - t, 3)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = not quiet
+            metrics = StageMetrics.remote()
 
-    t = time.perf_counter()
-    verdicts, dedup_counts = dedup_verdicts(windows(), cfg, bench, staging) if n_tasks else ({}, {})
-    timings["dedup_s"] = round(time.perf_counter() - t, 3)
+            # What OUT holds already (pipeline.ledger): skipped, carried over or recomputed.
+            hashes = stage_hashes(cfg)
+            previous = read_manifest(out_dir) if has_results(out_dir) else None
+            if previous is not None and "stage_hashes" not in previous:
+                previous = None  # written before the ledger: replaced by this run's rows
+            previous_shards = out_dir / SHARDS_DIR if previous is not None else None
+            first = first_changed_stage(previous["stage_hashes"] if previous else None, hashes, recompute)
 
-    t = time.perf_counter()
-    (staging / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    pool = replay_pool_size(cfg)
-    resources = stage_cpus(cfg, ray.cluster_resources().get("CPU", 1), pool)
-    keys_dir = staging / KEYS_DIR if post_keys_needed(cfg, bench) else None
-    for window_no, window in enumerate(windows()):
-        ds = ingest_dataset(attach_verdicts(window, verdicts), cfg)
-        ds = ds.map_batches(
-            ReplayActor,
-            fn_constructor_kwargs={
-                "cfg": cfg.replay, "stage_metrics": metrics, "allow_weak_sandbox": allow_weak_sandbox
-            },
-            batch_size=cfg.replay.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=pool),
-            num_cpus=resources["replay_cpus_per_actor"],
-        )
-        judges_factory = partial(
-            metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px, cfg.routing.recovered_errors
-        )
-        ds = ds.map_batches(
-            JudgeStage,
-            fn_constructor_kwargs={
-                "judges_factory": judges_factory, "stage_metrics": metrics,
-                "keys_dir": str(keys_dir) if keys_dir is not None else None,
-            },
-            batch_size=cfg.judges.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=pool),
-            num_cpus=resources["judge_cpus_per_actor"],
-        )
-        llm = cfg.judges.llm
-        if llm.enabled:
-            ds = ds.map_batches(
-                LLMJudgeStage,
-                fn_constructor_kwargs={
-                    "settings": llm, "cache_dir": str(out_dir / JUDGE_CACHE_DIR), "stage_metrics": metrics
-                },
-                batch_size=llm.batch_size,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=llm.pool_size()),
-                num_cpus=LLM_ACTOR_CPUS,
+            t = time.perf_counter()
+            verdicts, dedup_counts, superseded = (
+                dedup_verdicts(windows(), cfg, bench, staging, previous_shards) if n_tasks else ({}, {}, set()))
+            timings["dedup_s"] = round(time.perf_counter() - t, 3)
+            known = dedup_counts.pop("already_curated", 0)
+
+            t = time.perf_counter()
+            (staging / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+            pool = replay_pool_size(cfg)
+            resources = stage_cpus(cfg, ray.cluster_resources().get("CPU", 1), pool)
+            keys_dir = staging / KEYS_DIR if post_keys_needed(cfg, bench) else None
+            stage_args = StageArgs(cfg, metrics, lineage, pool, resources, out_dir, allow_weak_sandbox, keys_dir)
+            carried = recomputed = 0
+            if previous_shards is not None:
+                if first is None:  # unchanged settings: the earlier rows as they are (hard links)
+                    carried = carry_over(previous_shards, staging / SHARDS_DIR, superseded)
+                else:
+                    carry_over(previous_shards, staging / PREVIOUS_ROWS, superseded)
+                    recomputed = recompute_previous(staging / PREVIOUS_ROWS, staging, first, stage_args)
+            for window_no, window in enumerate(windows()):
+                ds = ingest_dataset(attach_verdicts(window, verdicts), cfg)
+                ds = add_stages(ds, "replay", stage_args)
+                ds.write_parquet(str(staging / SHARDS_DIR), partition_cols=list(S.PARTITION_COLUMNS))
+                if keys_dir is not None:
+                    compact_keys(keys_dir, f"window-{window_no:06d}")
+            timings["execute_s"] = round(time.perf_counter() - t, 3)
+
+            t = time.perf_counter()
+            dedup_counts.update(dedup_post_pass(staging, cfg, bench, lineage) if n_tasks else {})
+            timings["best_of_n_s"] = round(time.perf_counter() - t, 3)
+
+            # The manifest is read back from the staged shards it will be published with.
+            for work in staging.iterdir():
+                if work.name not in (SHARDS_DIR, MANIFEST):
+                    shutil.rmtree(work) if work.is_dir() else work.unlink()
+            ledger_rows = write_ledger(staging)
+            manifest = build_manifest(
+                out_dir=staging,
+                run_id=run_id,
+                cfg=cfg,
+                inputs=[str(f) for f in files],
+                # conservation over the whole OUT: earlier rows kept + every record of this run not already held
+                input_records=carried + recomputed + input_records - known,
+                timings={**timings, "stages": ray.get(metrics.get.remote())},
+                counters=ray.get(metrics.get_counters.remote()),
+                started=started,
             )
-        ds = ds.map_batches(
-            route_batch,
-            fn_kwargs={"policy": cfg.routing, "lineage": lineage, "stage_metrics": metrics},
-            batch_format="pyarrow",
-            num_cpus=TASK_CPUS,
-        )
-        ds.write_parquet(str(staging / SHARDS_DIR), partition_cols=list(S.PARTITION_COLUMNS))
-        if keys_dir is not None:
-            compact_keys(keys_dir, f"window-{window_no:06d}")
-    timings["execute_s"] = round(time.perf_counter() - t, 3)
-
-    t = time.perf_counter()
-    dedup_counts.update(dedup_post_pass(staging, cfg, bench, lineage) if n_tasks else {})
-    timings["best_of_n_s"] = round(time.perf_counter() - t, 3)
-
-    # Swap the finished shards in only once the whole run succeeded.
-    final = out_dir / SHARDS_DIR
-    if final.exists():
-        shutil.rmtree(final)
-    (staging / SHARDS_DIR).rename(final)
-    shutil.rmtree(staging, ignore_errors=True)
-
-    manifest = build_manifest(
-        out_dir=out_dir,
-        run_id=run_id,
-        cfg=cfg,
-        inputs=[str(f) for f in files],
-        input_records=input_records,
-        timings={**timings, "stages": ray.get(metrics.get.remote())},
-        counters=ray.get(metrics.get_counters.remote()),
-        started=started,
-    )
-    manifest["sandbox"] = sandbox
-    manifest["resources"] = {**resources, "replay_actors": pool}
-    manifest["dedup"] = dedup_counts
-    write_manifest(out_dir, manifest)
-    return manifest
+            manifest["sandbox"] = sandbox
+            manifest["resources"] = {**resources, "replay_actors": pool}
+            manifest["dedup"] = dedup_counts
+            manifest["swept"] = [{"path": str(p), "bytes": n} for p, n in swept]
+            manifest["stage_hashes"] = hashes
+            manifest["run"] = {
+                "input_records": input_records, "already_curated": known, "added": input_records - known,
+                "superseded": len(superseded), "carried": carried,
+                "recomputed": {"from": first, "rows": recomputed} if recomputed else None,
+                "previous_run_id": (previous or {}).get("run_id"), "ledger_rows": ledger_rows,
+            }
+            write_manifest(staging, manifest)
+            publish(out_dir, staging, run_id)  # atomic: OUT shows the previous results until this instant
+            (out_dir / RUNS_DIR).mkdir(exist_ok=True)  # history: one manifest per run (twi-curate report)
+            write_manifest(out_dir / RUNS_DIR, manifest).rename(out_dir / RUNS_DIR / f"{run_id}.json")
+            return manifest
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            failure = write_failure(exc, staging)
+            if failure is not None:
+                raise failure from exc
+            raise

@@ -148,8 +148,8 @@ def run(
         console.print(escape(str(exc)))
         return
     except KeyboardInterrupt:
-        _fail(f"interrupted: nothing was published; {out} still shows its previous results (its staging was "
-              "removed). Rerun the same command to curate again.", EXIT_INTERRUPTED)
+        _fail(f"interrupted: nothing was published; {out} still shows its previous results. Rerun the same "
+              "command to resume (the work already committed is kept).", EXIT_INTERRUPTED)
     _print_summary(manifest)
     labels = find_labels(inputs)
     if labels is not None and limit is None:

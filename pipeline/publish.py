@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -110,13 +111,14 @@ def has_results(out_dir: Path) -> bool:
     return (Path(out_dir) / SHARDS_DIR).is_dir()
 
 
-def sweep_leftovers(out_dir: Path) -> list[tuple[Path, int]]:
-    """Remove what killed or interrupted runs left (staging folders, versions that were renamed in
-    but never published). Call with the lock held. Returns (path, bytes) of what was removed."""
+def sweep_leftovers(out_dir: Path, keep: Path | None = None) -> list[tuple[Path, int]]:
+    """Remove what killed or interrupted runs left (staging folders other than ``keep``, the one
+    being resumed; versions that were renamed in but never published). Call with the lock held.
+    Returns (path, bytes) of what was removed."""
     out_dir = Path(out_dir)
     current = _current_version(out_dir)
     removed = []
-    candidates = list(out_dir.glob(f"{STAGING_PREFIX}*"))
+    candidates = [p for p in out_dir.glob(f"{STAGING_PREFIX}*") if keep is None or p != keep]
     versions = _versions(out_dir)
     if current is not None and current in versions:
         # a version newer than the published one was renamed in by a run killed before its link swap
@@ -126,6 +128,85 @@ def sweep_leftovers(out_dir: Path) -> list[tuple[Path, int]]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append((path, size))
     return removed
+
+
+RESUME_FILE = "resume.json"  # in a staging folder: what the run is (fingerprint) and its plan's size
+UNITS_DIR = "units"  # in a staging folder: one folder per committed unit of work
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def resume_fingerprint(files: list[Path], cfg: Any, limit: int | None, fmt: str | None, benchmark: Path | None,
+                       recompute: str | None, previous: dict[str, Any] | None) -> str:
+    """What makes two runs the same run: the inputs (path, size, mtime), the settings and options,
+    and the OUT version they start from. A leftover staging with this fingerprint is resumed."""
+    def stat(p: Path) -> list:
+        st = Path(p).stat()
+        return [str(p), st.st_size, st.st_mtime_ns]
+
+    blob = json.dumps({
+        "files": [stat(f) for f in files], "config": cfg.config_hash(), "limit": limit, "format": fmt,
+        "benchmark": stat(benchmark) if benchmark else None, "recompute": recompute,
+        "previous": (previous or {}).get("run_id"),
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def find_resumable(out_dir: Path, fingerprint: str) -> Path | None:
+    """The staging folder a killed or interrupted run with this fingerprint left, if any."""
+    for staging in sorted(Path(out_dir).glob(f"{STAGING_PREFIX}*")):
+        try:
+            if json.loads((staging / RESUME_FILE).read_text()).get("fingerprint") == fingerprint:
+                return staging
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+class Units:
+    """Committed units of a run's work under ``staging/units``: a unit is written into a
+    temporary folder and renamed when complete, so it is either wholly there or absent."""
+
+    def __init__(self, staging: Path):
+        self.root = Path(staging) / UNITS_DIR
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def done(self, name: str) -> bool:
+        return (self.root / name).is_dir()
+
+    def commit(self, name: str, write: Any) -> None:
+        """``write(folder)`` fills a fresh temporary folder; then it becomes the unit ``name``."""
+        if self.done(name):
+            return
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        os.rename(tmp, self.root / name)
+        _fsync_dir(self.root)
+
+    def rows(self, name: str) -> int:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in (self.root / name).rglob("*.parquet")) \
+            if self.done(name) else 0
+
+    def link_into(self, shards: Path) -> None:
+        """Hard-link every committed unit's shard files into ``shards`` (emptied first: a run
+        killed after this step redoes it from the units)."""
+        shutil.rmtree(shards, ignore_errors=True)
+        shards.mkdir(parents=True)
+        for unit in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for f in unit.rglob("*.parquet"):
+                dst = shards / f.relative_to(unit)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if dst.exists():
+                    dst = dst.with_name(f"{unit.name}-{dst.name}")
+                os.link(f, dst)
 
 
 def publish(out_dir: Path, staging: Path, run_id: str) -> Path:

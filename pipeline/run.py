@@ -6,6 +6,7 @@ functions and classes in their own modules.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from pipeline.config import RunConfig
 from pipeline.dedup import (
     GROUPS_FILE,
     KEYS_DIR,
+    PENDING_DIR,
     attach_verdicts,
     compact_keys,
     find_verdicts,
@@ -56,7 +58,20 @@ from pipeline.ledger import (
 from pipeline.llm_judge import LLMJudgeStage
 from pipeline.manifest import MANIFEST, build_manifest, read_manifest, write_manifest
 from pipeline.metrics import StageMetrics
-from pipeline.publish import STAGING_PREFIX, OutLock, has_results, publish, sweep_leftovers, write_failure
+from pipeline.publish import (
+    RESUME_FILE,
+    STAGING_PREFIX,
+    UNITS_DIR,
+    OutLock,
+    Units,
+    find_resumable,
+    has_results,
+    publish,
+    resume_fingerprint,
+    sweep_leftovers,
+    write_failure,
+    write_json_atomic,
+)
 from pipeline.replay import ReplayActor
 from pipeline.route import route_batch
 from pipeline.sandbox.levels import SandboxLevelError, check_level
@@ -180,6 +195,7 @@ def dedup_verdicts(
     if not cfg.dedup.exact and previous_shards is None:
         return {}, {}, set()
     keys_dir = work_dir / "prekeys"
+    shutil.rmtree(keys_dir, ignore_errors=True)  # a resumed run's pre-pass starts afresh
     cpus = int(ray.cluster_resources().get("CPU", 1))
     for tasks in windows:
         blocks = max(-(-len(tasks) // KEY_TASKS_PER_BATCH), min(len(tasks), 4 * cpus))
@@ -315,9 +331,9 @@ def read_shard_rows(batch: Any) -> Any:
     return table
 
 
-def recompute_previous(previous_rows: Path, staging: Path, first: str, a: StageArgs) -> int:
+def recompute_previous(previous_rows: Path, dest: Path, first: str, a: StageArgs) -> int:
     """Earlier rows (hard links of the previous version's shards under ``previous_rows``) through
-    the stages from ``first`` on, into the staged shards. Returns the rows recomputed."""
+    the stages from ``first`` on, into ``dest``. Returns the rows recomputed."""
     files = sorted(str(p) for p in previous_rows.rglob("*.parquet"))
     if not files:
         return 0
@@ -325,7 +341,7 @@ def recompute_previous(previous_rows: Path, staging: Path, first: str, a: StageA
     ds = ray.data.from_items([{"path": f, "base": str(previous_rows)} for f in files], override_num_blocks=len(files))
     ds = ds.map_batches(read_shard_rows, batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS)
     # their dedup keys are not written again: best-of-N and contamination were settled when they were added
-    add_stages(ds, first, replace(a, keys_dir=None)).write_parquet(str(staging / SHARDS_DIR), partition_cols=list(S.PARTITION_COLUMNS))
+    add_stages(ds, first, replace(a, keys_dir=None)).write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))
     n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     shutil.rmtree(previous_rows)
     return n
@@ -366,26 +382,39 @@ def run_pipeline(
     timings: dict[str, float] = {}
     files = discover_inputs(inputs)
     bench = load_benchmark(benchmark, cfg.ingest) if benchmark else None
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
-    lineage = {S.LIN_PIPELINE_VERSION: __version__, S.LIN_CONFIG_HASH: cfg.config_hash(), S.LIN_RUN_ID: run_id}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir / f"{STAGING_PREFIX}{run_id}"
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
 
     with OutLock(out_dir, run_id):
-        swept = sweep_leftovers(out_dir)  # staging of killed runs: never read, never left to fill a disk
+        # A run killed or interrupted with the same inputs, settings and OUT state left its staging:
+        # continue it (its finished units are kept); any other leftover is swept.
+        previous = read_manifest(out_dir) if has_results(out_dir) else None
+        fingerprint = resume_fingerprint(files, cfg, limit, format, benchmark, recompute, previous)
+        resumed = find_resumable(out_dir, fingerprint)
+        if resumed is not None:
+            run_id = resumed.name.removeprefix(STAGING_PREFIX)
+        staging = out_dir / f"{STAGING_PREFIX}{run_id}"
+        lineage = {S.LIN_PIPELINE_VERSION: __version__, S.LIN_CONFIG_HASH: cfg.config_hash(), S.LIN_RUN_ID: run_id}
+        swept = sweep_leftovers(out_dir, keep=resumed)  # never read, never left to fill a disk
         try:
             # The plan streams to disk and the corpus through Ray in windows of read tasks: the driver's
             # memory does not grow with the corpus (Ray keeps per-block state in the driver).
             t = time.perf_counter()
             plan = staging / PLAN_FILE
-            input_records, n_tasks = write_plan(iter_read_tasks(files, cfg.ingest.lines_per_task, limit, format), plan)
+            if resumed is not None:
+                input_records, n_tasks = (json.loads((staging / RESUME_FILE).read_text())[k] for k in ("records", "tasks"))
+            else:
+                input_records, n_tasks = write_plan(iter_read_tasks(files, cfg.ingest.lines_per_task, limit, format), plan)
             timings["plan_s"] = round(time.perf_counter() - t, 3)
             if input_records == 0 and has_results(out_dir):
                 raise NothingToCurate(
                     f"0 input records in {', '.join(str(i) for i in inputs)}: nothing to curate; "
                     f"the results already in {out_dir} were left untouched."
                 )
+            if resumed is None:  # the plan is complete: from here on, a killed run can be continued
+                write_json_atomic(staging / RESUME_FILE, {"fingerprint": fingerprint, "records": input_records,
+                                                           "tasks": n_tasks})
             t = time.perf_counter()
             sandbox = ensure_sandbox_level(cfg, allow_weak_sandbox, warn) if n_tasks else None
             timings["sandbox_check_s"] = round(time.perf_counter() - t, 3)
@@ -400,7 +429,6 @@ def run_pipeline(
 
             # What OUT holds already (pipeline.ledger): skipped, carried over or recomputed.
             hashes = stage_hashes(cfg)
-            previous = read_manifest(out_dir) if has_results(out_dir) else None
             if previous is not None and "stage_hashes" not in previous:
                 previous = None  # written before the ledger: replaced by this run's rows
             previous_shards = out_dir / SHARDS_DIR if previous is not None else None
@@ -418,19 +446,35 @@ def run_pipeline(
             resources = stage_cpus(cfg, ray.cluster_resources().get("CPU", 1), pool)
             keys_dir = staging / KEYS_DIR if post_keys_needed(cfg, bench) else None
             stage_args = StageArgs(cfg, metrics, lineage, pool, resources, out_dir, allow_weak_sandbox, keys_dir)
-            carried = recomputed = 0
-            if previous_shards is not None:
-                if first is None:  # unchanged settings: the earlier rows as they are (hard links)
-                    carried = carry_over(previous_shards, staging / SHARDS_DIR, superseded)
-                else:
+            # Work is committed in units (earlier rows, then one per window of read tasks), each
+            # written to a temporary folder and renamed when complete: a killed run resumes after
+            # its last complete unit, and no row is written twice.
+            units = Units(staging)
+            if previous_shards is not None and first is None:  # unchanged settings: earlier rows as they are
+                units.commit("0-carried", lambda d: carry_over(previous_shards, d, superseded))
+            elif previous_shards is not None:  # recomputed from the first changed stage on
+                def recompute_unit(dest: Path) -> None:
+                    shutil.rmtree(staging / PREVIOUS_ROWS, ignore_errors=True)
                     carry_over(previous_shards, staging / PREVIOUS_ROWS, superseded)
-                    recomputed = recompute_previous(staging / PREVIOUS_ROWS, staging, first, stage_args)
+                    recompute_previous(staging / PREVIOUS_ROWS, dest, first, stage_args)
+
+                units.commit("0-recomputed", recompute_unit)
+            if keys_dir is not None:
+                shutil.rmtree(keys_dir / PENDING_DIR, ignore_errors=True)  # keys of an unfinished window
             for window_no, window in enumerate(windows()):
-                ds = ingest_dataset(attach_verdicts(window, verdicts), cfg)
-                ds = add_stages(ds, "replay", stage_args)
-                ds.write_parquet(str(staging / SHARDS_DIR), partition_cols=list(S.PARTITION_COLUMNS))
-                if keys_dir is not None:
-                    compact_keys(keys_dir, f"window-{window_no:06d}")
+                name = f"window-{window_no:06d}"
+                if units.done(name):
+                    continue
+
+                def window_unit(dest: Path, window: list[ReadTask] = window, name: str = name) -> None:
+                    ds = add_stages(ingest_dataset(attach_verdicts(window, verdicts), cfg), "replay", stage_args)
+                    ds.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))
+                    if keys_dir is not None:  # the window's dedup keys belong to its unit
+                        compact_keys(keys_dir, name)
+
+                units.commit(name, window_unit)
+            carried, recomputed = units.rows("0-carried"), units.rows("0-recomputed")
+            units.link_into(staging / SHARDS_DIR)
             timings["execute_s"] = round(time.perf_counter() - t, 3)
 
             t = time.perf_counter()
@@ -439,7 +483,7 @@ def run_pipeline(
 
             # The manifest is read back from the staged shards it will be published with.
             for work in staging.iterdir():
-                if work.name not in (SHARDS_DIR, MANIFEST):
+                if work.name not in (SHARDS_DIR, MANIFEST) and work.name != UNITS_DIR:
                     shutil.rmtree(work) if work.is_dir() else work.unlink()
             ledger_rows = write_ledger(staging)
             manifest = build_manifest(
@@ -465,10 +509,13 @@ def run_pipeline(
                 "previous_run_id": (previous or {}).get("run_id"), "ledger_rows": ledger_rows,
             }
             write_manifest(staging, manifest)
+            shutil.rmtree(staging / UNITS_DIR)  # the shards hold hard links of every unit's files
             publish(out_dir, staging, run_id)  # atomic: OUT shows the previous results until this instant
             (out_dir / RUNS_DIR).mkdir(exist_ok=True)  # history: one manifest per run (twi-curate report)
             write_manifest(out_dir / RUNS_DIR, manifest).rename(out_dir / RUNS_DIR / f"{run_id}.json")
             return manifest
+        except KeyboardInterrupt:
+            raise  # the staging stays: the same command resumes after the last complete unit
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             failure = write_failure(exc, staging)

@@ -88,3 +88,51 @@ def test_incremental_rerun_and_stage_aware_recompute(ray_local, inputs, tmp_path
     assert stage_rows(m5) == {"judges": 48, "routing": 48} and m5["conservation"]["ok"]
     final = rows(out)
     assert {s: v[:2] for s, v in final.items()} == {s: v[:2] for s, v in rerouted.items()}  # deterministic judges
+
+
+def test_driver_killed_mid_run_resumes_exactly_once_with_the_same_routes(ray_local, inputs, tmp_path):
+    """`twi-curate run` with small windows (6 records each) SIGKILLed once a window is committed;
+    the same command then continues from there: every record once, the routes of an
+    uninterrupted run, fewer records replayed than a full run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    first, _ = inputs
+    config = tmp_path / "small-windows.yaml"
+    config.write_text("ingest:\n  lines_per_task: 2\n  tasks_per_window: 3\n")
+    reference = tmp_path / "reference"
+    from pipeline.config import load_config
+
+    run_pipeline([first], reference, load_config(config), quiet=True)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(first), "--out", str(out), "--config", str(config), "--quiet"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if [u for u in out.glob(".staging-*/units/window-*") if u.is_dir()]:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)  # the driver, at an arbitrary point of the second window
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "shards").exists()  # nothing published yet
+    done = len([u for u in out.glob(".staging-*/units/window-*") if u.is_dir()])
+    assert 1 <= done < 4
+    again = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    m = read_manifest(out)
+    assert m["run"]["input_records"] == 24 and m["conservation"]["ok"]
+    assert m["timings"]["stages"]["replay"]["rows"] <= 24 - 6 * done  # the committed windows were not redone
+    got, want = rows(out), rows(reference)
+    assert len(got) == 24 and {s: v[:2] for s, v in got.items()} == {s: v[:2] for s, v in want.items()}
+    assert not list(out.glob(".staging-*"))

@@ -214,9 +214,14 @@ def test_interrupted_run_says_how_to_resume_and_leaves_out_unchanged(good_out, c
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr and "Rerun the same command" in stderr
+    assert "interrupted" in stderr and "Rerun the same command to resume" in stderr
     assert "Traceback" not in stderr
-    assert snapshot(good_out) == before and not list(good_out.glob(".staging-*"))
+    assert snapshot(good_out) == before
+    assert len(list(good_out.glob(".staging-*"))) == 1  # kept for the rerun to resume
+    again = cli("run", str(corpus), "--limit", "12", "--out", str(good_out), "--quiet")
+    assert again.returncode == 0, again.stderr[-3000:]
+    m = read_manifest(good_out)
+    assert m["run"]["input_records"] == 12 and m["conservation"]["ok"] and not list(good_out.glob(".staging-*"))
 
 
 @pytest.fixture

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,10 +46,204 @@ def print_table(title: str, cols: list[str], rows: list[tuple[Any, ...]]) -> Non
     console.print(table)
 
 
+# ------------------------------------------------------------------------------------------------
+# The console of `twi-curate run`: one progress display and the summary; Ray's output goes to a log
+# ------------------------------------------------------------------------------------------------
+LOGS_DIR = "logs"  # OUT/logs/run-<run_id>.log: what Ray, Ray Data and the workers printed
+PLAIN_PROGRESS_EVERY_S = 10.0  # not a terminal (cron, `> log`): one progress line this often
+PLAIN_PROGRESS_IDLE_S = 60.0  # ... but when nothing moved, only this often
+KEEP_LOGS = 30  # OUT/logs keeps the newest run logs (a daily cron job: a month)
+PROGRESS_STAGES = ("replay", "judges", "llm_judges", "routing")  # pipeline.metrics stage names, in order
+
+
+def _real_fd(stream: Any, fd: int) -> bool:
+    """``stream`` writes straight to file descriptor ``fd`` (not e.g. typer's CliRunner buffer)."""
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_text(p: dict[str, Any]) -> tuple[str, str]:
+    """A progress report of pipeline.run.progress_poller -> (stage, "done/total samples, samples/s, ETA")."""
+    total, done, stages = p["total"], p["done"], p["stages"]
+    todo = total - (done - stages.get("routing", 0))  # what this run routes (a resumed run did the rest)
+    if not stages:
+        stage = "starting actors"
+    else:
+        stage = next((s for s in PROGRESS_STAGES if (s in stages or s != "llm_judges") and stages.get(s, 0) < todo),
+                     "writing")
+    routed, elapsed = stages.get("routing", 0), p["elapsed_s"]
+    rate = routed / elapsed if routed and elapsed > 0 else None
+    eta = "?" if rate is None else _duration(max(total - done, 0) / rate)
+    counts = " ".join(f"{s} {stages[s]}" for s in PROGRESS_STAGES if s in stages)
+    text = (f"{done}/{total} samples, {'-' if rate is None else f'{rate:.2f}'} samples/s, ETA {eta}, "
+            f"elapsed {_duration(elapsed)}" + (f" ({counts})" if counts else ""))
+    return stage, text
+
+
+class RunConsole:
+    """`twi-curate run`'s console (README "Command line"). By default the terminal shows one
+    progress display (a live line on a terminal; on a non-terminal, e.g. cron, one plain line every
+    PLAIN_PROGRESS_EVERY_S) and what `run` prints itself; everything the process and Ray write to
+    file descriptors 1 and 2 (Ray's warnings and progress, Ray Data's INFO lines, C++ core-worker
+    lines, worker logs, Python warnings) goes to OUT/logs/run-<id>.log, while ``console`` and
+    ``err`` keep writing to the saved terminal. ``verbose``: nothing is redirected and Ray shows
+    its own progress (no display of ours). Where stdout/stderr are not the real descriptors (typer's
+    CliRunner, an embedding program) nothing is redirected either; the display still runs."""
+
+    def __init__(self, out: Path, verbose: bool = False, show_progress: bool = True):
+        self.out, self.verbose, self.show_progress = Path(out), verbose, show_progress and not verbose
+        self.log_path: Path | None = None
+        self._saved: tuple[int, int] | None = None
+        self._streams: list[Any] = []
+        self._live: Any = None  # rich Progress on a terminal
+        self._task: Any = None
+        self._last_line = (0.0, None)  # plain mode: (when, done) of the last line printed
+        self._last: dict[str, Any] | None = None
+        self._started_ray = False
+        self._created: list[Path] = []
+        self._header_bytes = 0
+
+    # -- redirection --------------------------------------------------------------------------
+    def __enter__(self) -> RunConsole:
+        if not self.verbose and _real_fd(sys.stdout, 1) and _real_fd(sys.stderr, 2):
+            self._redirect()
+        if self.show_progress:
+            self._start_display()
+        return self
+
+    def _redirect(self) -> None:
+        import ray
+
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        logs = self.out / LOGS_DIR
+        self._created = [d for d in (logs, self.out) if not d.exists()]  # removed again if left empty
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            for old in sorted(logs.glob("run-*.log"), key=lambda p: p.stat().st_mtime)[: -(KEEP_LOGS - 1)]:
+                old.unlink()
+            path = logs / f"run-{stamp}-{os.getpid()}.log"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            return  # OUT not writable: run_pipeline says so; Ray's lines stay on the console
+        header = f"twi-curate run, started {stamp} UTC: {' '.join(sys.argv)}\n".encode()
+        with contextlib.suppress(OSError):  # a full disk: the run reports it
+            self._header_bytes = os.write(fd, header)
+        self._started_ray = not ray.is_initialized()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = (os.dup(1), os.dup(2))
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)  # Ray's processes started from here inherit these too
+        os.close(fd)
+        enc = sys.stdout.encoding or "utf-8"
+        self._streams = [os.fdopen(f, "w", encoding=enc, errors="replace", closefd=False) for f in self._saved]
+        console.file, err.file = self._streams
+        self.log_path = path
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self._stop_display(ok=exc_type is None)
+            if self._saved is not None and self._started_ray:  # its shutdown lines go to the log too
+                import ray
+
+                with contextlib.suppress(Exception):  # the results are written; exiting stops Ray anyway
+                    ray.shutdown()
+        finally:  # even on a second Ctrl-C
+            if self._saved is not None:
+                self._restore()
+        if exc_type is not None and self.log_path is not None:
+            try:
+                empty = self.log_path.stat().st_size <= self._header_bytes
+            except OSError:
+                empty = False
+            if empty:  # the run failed before Ray said anything (e.g. a missing input)
+                self.log_path.unlink()
+                self.log_path = None
+                for d in self._created:  # OUT/logs (and OUT) made for it
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+            else:
+                err.print(f"Ray and worker log: {self.log_path}", soft_wrap=True, highlight=False)
+
+    def _restore(self) -> None:
+        for stream in (sys.stdout, sys.stderr, *self._streams):
+            with contextlib.suppress(OSError, ValueError):  # e.g. the log's disk is full
+                stream.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for f in self._saved:
+            os.close(f)
+        self._saved = None
+        console.file = err.file = None  # back to sys.stdout / sys.stderr
+
+    def keep_as(self, run_id: str) -> None:
+        """Name the log after the run (OUT/logs/run-<run_id>.log)."""
+        if self.log_path is None:
+            return
+        dest = self.log_path.with_name(f"run-{run_id}.log")
+        n = 1
+        while dest.exists():  # a resumed run keeps its run id: the earlier attempt's log stays
+            n += 1
+            dest = self.log_path.with_name(f"run-{run_id}.{n}.log")
+        with contextlib.suppress(OSError):
+            self.log_path = self.log_path.rename(dest)
+
+    # -- progress display -----------------------------------------------------------------------
+    def _start_display(self) -> None:
+        if console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self._live = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[text]}"),
+                console=console, redirect_stdout=False, redirect_stderr=False, refresh_per_second=4,
+            )
+            self._task = self._live.add_task("preparing", total=None, text="plan, sandbox check, Ray, dedup pre-pass")
+            self._live.start()
+        else:
+            console.print("progress: preparing (plan, sandbox check, Ray, dedup pre-pass)", soft_wrap=True,
+                          highlight=False)
+
+    def progress(self, report: dict[str, Any]) -> None:
+        """run_pipeline's ``progress`` callback (called from a driver thread about every second)."""
+        self._last = report
+        stage, text = progress_text(report)
+        if self._live is not None:
+            self._live.update(self._task, description=stage, completed=report["done"],
+                              total=max(report["total"], 1), text=text)
+            return
+        now, (last_t, last_done) = time.monotonic(), self._last_line
+        wait = PLAIN_PROGRESS_EVERY_S if report["done"] != last_done else PLAIN_PROGRESS_IDLE_S
+        if last_done is None or now - last_t >= wait:
+            self._last_line = (now, report["done"])
+            console.print(f"progress: {stage} | {text}", soft_wrap=True, highlight=False)
+
+    def _stop_display(self, ok: bool) -> None:
+        if self._live is not None:
+            if ok and self._last is not None:
+                self._live.update(self._task, description="done")
+            self._live.stop()
+            self._live = None
+        elif self.show_progress and ok and self._last is not None and self._last_line[1] != self._last["done"]:
+            console.print(f"progress: done | {progress_text(self._last)[1]}", soft_wrap=True, highlight=False)
+
+    def warn(self, msg: str) -> None:
+        """A warning users must see (e.g. a weak sandbox): on the terminal, above the live display."""
+        text = f"[bold red]WARNING:[/] [red]{escape(msg)}[/]"
+        (self._live.console if self._live is not None else err).print(text)
+
+
 # Exit codes of `twi-curate run` (README "Scheduled runs"): 0 done (or nothing to add);
 EXIT_CANNOT_START = 2  # bad config, input, format, benchmark or sandbox level; usage errors
 EXIT_LOCKED = 3  # another run is writing into OUT
 EXIT_WRITE_FAILED = 4  # writing the results failed (disk full, read-only, I/O); OUT unchanged
+EXIT_JUDGES_FAILED = 5  # more than judges.llm.max_error_rate of LLM judgements failed; results published
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT; OUT unchanged
 
 
@@ -77,7 +274,10 @@ def run(
         str | None, typer.Option("--judge-endpoint", help="OpenAI-compatible base URL for LLM/VLM judges")
     ] = None,
     judge_model: Annotated[str | None, typer.Option("--judge-model", help="model name at --judge-endpoint")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars or worker logs")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress display; worker logs not collected")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Ray's own progress, warnings and worker logs on the console (no log file)")
+    ] = False,
     allow_weak_sandbox: Annotated[
         bool,
         typer.Option(
@@ -112,7 +312,7 @@ def run(
         _fail(f"--recompute must be replay, judges or routing, not {escape(recompute)!r}")
     if not inputs:
         corpus_dir = cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0"
-        console.print(f"No INPUT given: using the bundled sample corpus ({corpus_dir})")
+        console.print(f"No INPUT given: using the bundled sample corpus ({corpus_dir})", soft_wrap=True)
         inputs = [ensure_sample_corpus(corpus_dir, n=DEFAULT_N, seed=0)]
     from pipeline.dedup import BenchmarkError
     from pipeline.formats import UnknownFormatError
@@ -120,20 +320,30 @@ def run(
     from pipeline.run import NothingToCurate
     from pipeline.sandbox.levels import SandboxLevelError
 
+    if cfg.judges.llm.enabled and cfg.judges.llm.probe:  # fail fast, before any Ray work
+        from judges.llm import JudgeEndpointError, probe_endpoint
+
+        try:
+            probe_endpoint(cfg.judges.llm)
+        except JudgeEndpointError as exc:
+            _fail(escape(str(exc)))
+    run_console = RunConsole(out, verbose=verbose, show_progress=not quiet)
     try:
-        manifest = run_pipeline(
-            inputs,
-            out,
-            cfg,
-            address=address,
-            limit=limit,
-            quiet=quiet,
-            allow_weak_sandbox=allow_weak_sandbox,
-            warn=lambda msg: err.print(f"[bold red]WARNING:[/] [red]{escape(msg)}[/]"),
-            format=input_format,
-            benchmark=benchmark,
-            recompute=recompute,
-        )
+        with run_console:  # Ray's output -> OUT/logs (see RunConsole); restored before anything below prints
+            manifest = run_pipeline(
+                inputs,
+                out,
+                cfg,
+                address=address,
+                limit=limit,
+                quiet=quiet,
+                allow_weak_sandbox=allow_weak_sandbox,
+                warn=run_console.warn,
+                format=input_format,
+                benchmark=benchmark,
+                recompute=recompute,
+                progress=run_console.progress if run_console.show_progress else None,
+            )
     except FileNotFoundError as exc:
         _fail(str(exc))
     except (UnknownFormatError, BenchmarkError) as exc:
@@ -150,19 +360,57 @@ def run(
     except KeyboardInterrupt:
         _fail(f"interrupted: nothing was published; {out} still shows its previous results. Rerun the same "
               "command to resume (the work already committed is kept).", EXIT_INTERRUPTED)
+    run_console.keep_as(manifest["run_id"])
     _print_summary(manifest)
+    judges_failed = _print_judge_failure(manifest)
     labels = find_labels(inputs)
     if labels is not None and limit is None:
         ev = agreement(out, labels)
         (out / "evaluation.json").write_text(json.dumps(ev, indent=2))
         console.print(
             f"Agreement with {labels.name}: {ev['agree']}/{ev['labeled']} = {ev['agreement']:.1%} "
-            f"(details in {out / 'evaluation.json'})"
+            f"(details in {out / 'evaluation.json'})", soft_wrap=True
         )
-    console.print(f"Report {_write_report(out)}")
+    console.print(f"Report {_write_report(out)}", soft_wrap=True)
     if not manifest["conservation"]["ok"]:
         _fail("conservation check failed: see manifest.json 'conservation' (this is a bug, please report)")
-    console.print(f"Shards in {out / 'shards'}; manifest {out / 'manifest.json'}")
+    console.print(f"Shards in {out / 'shards'}; manifest {out / 'manifest.json'}", soft_wrap=True)
+    if run_console.log_path is not None:
+        console.print(f"Ray and worker log: {run_console.log_path}", soft_wrap=True, highlight=False)
+    if judges_failed:
+        f = manifest["judges"]["llm"]["failure"]
+        _fail(f"LLM judges failed on {f['error_rate']:.1%} of judgements (more than judges.llm.max_error_rate "
+              f"{f['max_error_rate']:.1%}; see above and manifest.json judges.llm.failure); the results were "
+              f"published with metric scores for those rows", EXIT_JUDGES_FAILED)
+
+
+def _print_judge_failure(manifest: dict[str, Any]) -> bool:
+    """Loud lines when the LLM judges failed (manifest judges.llm.failure): counts per error kind,
+    an example response, why requests stopped, what to do. -> whether the run must end with
+    EXIT_JUDGES_FAILED (more than max_error_rate failed)."""
+    f = ((manifest.get("judges") or {}).get("llm") or {}).get("failure")
+    if not f or not (f["failed"] or f["stopped_early"]):
+        return False
+    head = "LLM JUDGES FAILED" if f["failed"] else "LLM judges stopped early"
+    console.print(
+        f"[bold red]{head}:[/] [red]{f['errors']} of {f['judgements']} judgements failed ({f['error_rate']:.1%}; "
+        f"judges.llm.max_error_rate {f['max_error_rate']:.1%}); those rows kept their metric scores "
+        "(llm_status_<dim> = judge_error:<kind>)[/]",
+        soft_wrap=True,
+    )
+    for kind, n in f["by_kind"].items():
+        console.print(f"  [bold yellow]![/] {escape(kind)}: {n}", soft_wrap=True)
+    if f.get("reason"):
+        console.print(f"  stopped: {escape(f['reason'])}", soft_wrap=True)
+    if f.get("example"):
+        console.print(f"  example response: {escape(f['example'])}", soft_wrap=True, highlight=False)
+    console.print(
+        "  what to do: check the endpoint (server logs, model name, the rubric's 0..1 scale, "
+        "judges.llm.timeout_s / deadline_s), then rerun with --recompute judges: answers already "
+        "received are cached, only the failed ones are sent again",
+        soft_wrap=True,
+    )
+    return bool(f["failed"])
 
 
 def _print_summary(manifest: dict[str, Any]) -> None:
@@ -194,7 +442,7 @@ def _print_throughput(manifest: dict[str, Any]) -> None:
     )
     console.print(
         f"throughput: {rate:.2f} samples/s ({manifest['input_records']} records in {timings.get('total_s', 0):.1f} s"
-        f"{'; ' + stages if stages else ''})"
+        f"{'; ' + stages if stages else ''})", soft_wrap=True
     )
 
 

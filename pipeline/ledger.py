@@ -43,11 +43,33 @@ STAGES = ("replay", "judges", "routing")  # in data-flow order: a change recompu
 LEDGER_FILE = "ledger.parquet"
 
 
+# How a stage runs, not what it produces: changing these never recomputes stored rows.
+OPERATIONAL = frozenset({
+    "actors", "cpus_per_actor", "cpus_per_task", "batch_size", "concurrency", "per_actor_concurrency",
+    "max_retries", "timeout_s", "backoff_base_s", "backoff_max_s", "api_key_env", "max_error_rate",
+    "stop_after_failures", "circuit_breaker_after", "deadline_s", "probe", "min_sandbox_level", "sandbox",
+})
+
+
+def _outcome_settings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _outcome_settings(v) for k, v in value.items() if k not in OPERATIONAL}
+    return value
+
+
 def stage_hashes(cfg: RunConfig) -> dict[str, str]:
-    """Per stage, the hash of every setting its output depends on (its own and upstream ones)."""
+    """Per stage, the hash of every setting its output depends on (its own and upstream ones;
+    OPERATIONAL settings excluded). ``routing.recovered_errors`` belongs to the judges (the
+    code-correctness judge reads it)."""
+    routing = cfg.routing.model_dump(mode="json")
+    sections = (
+        cfg.replay.model_dump(mode="json"),
+        {**cfg.judges.model_dump(mode="json"), "recovered_errors": routing.get("recovered_errors")},
+        routing,
+    )
     out, acc = {}, ""
-    for stage, section in zip(STAGES, (cfg.replay, cfg.judges, cfg.routing), strict=True):
-        acc = hashlib.sha256((acc + json.dumps(section.model_dump(mode="json"), sort_keys=True)).encode()).hexdigest()
+    for stage, section in zip(STAGES, sections, strict=True):
+        acc = hashlib.sha256((acc + json.dumps(_outcome_settings(section), sort_keys=True)).encode()).hexdigest()
         out[stage] = acc[:16]
     return out
 

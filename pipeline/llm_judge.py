@@ -1,6 +1,9 @@
 """LLM/VLM judge stage: an actor pool calling an OpenAI-compatible endpoint (judges.llm).
 
 Runs after the metric judges, so every row already carries metric scores to fall back on.
+Every actor of the pool (and of every window of the run) shares one failure state, the
+:class:`judges.llm.JudgeGuard` held by the run's StageMetrics actor: early stop, circuit
+breaker and judging deadline apply to the pool as a whole.
 """
 
 from __future__ import annotations
@@ -12,8 +15,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from judges.llm import LLMJudgeClient, LLMJudgeSettings, ResponseCache, judge_rows
+from judges.llm import LLMJudgeClient, LLMJudgeSettings, LocalGuard, ResponseCache, guard_limits, judge_rows
 from schemas import sample as S
+
+
+class PoolGuard:
+    """The client's guard calls, answered by the run's StageMetrics actor (pipeline.metrics)."""
+
+    def __init__(self, stage_metrics: Any, settings: LLMJudgeSettings):
+        self.metrics = stage_metrics
+        self.metrics.judge_guard.remote("configure", guard_limits(settings))  # idempotent; ordered before ours
+
+    async def call(self, op: str, *args: Any) -> Any:
+        return await self.metrics.judge_guard.remote(op, *args)
 
 
 class LLMJudgeStage:
@@ -22,7 +36,9 @@ class LLMJudgeStage:
     def __init__(self, settings: LLMJudgeSettings, cache_dir: str, stage_metrics: Any = None):
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.client = LLMJudgeClient(settings, ResponseCache(Path(cache_dir)))
+        # without the run's metrics actor (benchmarks), each actor guards alone
+        guard = PoolGuard(stage_metrics, settings) if stage_metrics is not None else LocalGuard(settings)
+        self.client = LLMJudgeClient(settings, ResponseCache(Path(cache_dir)), guard=guard)
         self.judge_id = f"llm/{settings.model}"
         self.metrics = stage_metrics
 

@@ -146,6 +146,33 @@ def judge_agreement(out_dir: Path, cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+def llm_failure(counters: dict[str, Any], max_error_rate: float) -> dict[str, Any]:
+    """``judges.llm.failure``: how this run's LLM judgements went, from the usage counters of every
+    actor and the run-wide guard (judges.llm.JudgeGuard). A judgement is a (sample, dimension)
+    answered (ok), served from the cache, or failed (judge_error:<kind>, metric score kept).
+    ``failed`` (error_rate > max_error_rate) makes `twi-curate run` end with exit code 5."""
+    usage = counters.get("llm") or {}
+    guard = counters.get("llm_guard") or {}
+    errors = sum(u.get("errors", 0) for u in usage.values())
+    judgements = sum(u.get("ok", 0) + u.get("cache_hits", 0) + u.get("errors", 0) for u in usage.values())
+    by_kind: dict[str, int] = {}
+    for u in usage.values():
+        for kind, n in (u.get("errors_by_kind") or {}).items():
+            by_kind[kind] = by_kind.get(kind, 0) + n
+    rate = errors / judgements if judgements else 0.0
+    return {
+        "failed": rate > max_error_rate,
+        "error_rate": round(rate, 4),
+        "max_error_rate": max_error_rate,
+        "judgements": judgements,
+        "errors": errors,
+        "by_kind": dict(sorted(by_kind.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "example": guard.get("example"),
+        "stopped_early": guard.get("stopped") is not None,
+        "reason": guard.get("reason"),
+    }
+
+
 def build_manifest(
     out_dir: Path,
     run_id: str,
@@ -161,7 +188,8 @@ def build_manifest(
     judges = {
         "metric": list(S.DIMENSIONS),
         "llm": {"endpoint": llm.endpoint, "model": llm.model, "dimensions": llm.dimensions,
-                "usage": (counters or {}).get("llm", {})} if llm.enabled else None,
+                "usage": (counters or {}).get("llm", {}),
+                "failure": llm_failure(counters or {}, llm.max_error_rate)} if llm.enabled else None,
         "agreement": judge_agreement(out_dir, cfg) if llm.enabled else {},
     }
     conserved = sum(counts["routes"].values()) == input_records == counts["output_records"]

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import ray
 from PIL import Image
 
 from pipeline.config import ReplayConfig
@@ -247,7 +248,13 @@ def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
     inputs = [InputImage(name=img[S.IMG_NAME] or f"input_{k}.png", data=img[S.IMG_BYTES], path=img[S.IMG_PATH] or "")
               for k, img in enumerate(row[S.IMAGES] or [])]
     codes = [turns[i][S.TURN_CODE] for i in code_turns]
+    zygote = getattr(sandbox, "zygote_pid", None)
     outcomes = sandbox.replay(codes, inputs)
+    if zygote is not None and getattr(sandbox, "zygote_pid", None) != zygote:
+        # The zygote died under this trajectory (killed, OOM-killed with the machine): a failure
+        # of the replay machinery, not of the code. Replay it once more on a fresh zygote, so
+        # the row's outcome does not depend on it.
+        outcomes = sandbox.replay(codes, inputs)
     gaps = classify_env_gaps(
         codes, [o.status for o in outcomes], [o.error for o in outcomes],
         [turns[i][S.TURN_OBS_TEXT] for i in code_turns], row,
@@ -334,6 +341,8 @@ class ReplayActor:
             allow_weaker=allow_weak_sandbox,
         )
         self.metrics = stage_metrics
+        if stage_metrics is not None:  # where this actor (and its sandbox) runs, for the manifest
+            stage_metrics.add_counters.remote("placement", {"replay": {ray.get_runtime_context().get_node_id(): 1}})
         check_sandbox_works(self.sandbox)
         self.sandbox_cpu = SandboxCpuMeter(self.sandbox)
 

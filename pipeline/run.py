@@ -10,9 +10,11 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -101,6 +103,7 @@ def init_ray(address: str | None = None, quiet: bool = False, num_cpus: int | No
     # Keeps a local single-node Ray on 127.0.0.1 instead of the machine's network address.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
+        address="local",  # a new local Ray, never another one running on this machine (RAY_ADDRESS, `ray start`)
         num_cpus=num_cpus,
         include_dashboard=False,
         log_to_driver=not quiet,
@@ -260,11 +263,35 @@ class StageArgs:
     cfg: RunConfig
     metrics: Any
     lineage: dict[str, Any]
-    pool: int
+    pool_size: int
     resources: dict[str, float]
     out_dir: Path
     allow_weak_sandbox: bool
     keys_dir: Path | None
+    replay_resources: dict[str, float] | None = None  # {"sandbox": x} on a cluster that declares it
+    elastic: bool = False  # several nodes: pools grow from one actor as each node has room
+
+    def pool(self, size: int) -> ray.data.ActorPoolStrategy:
+        """A fixed pool on one machine (every actor fits: stage_cpus). On a multi-node cluster
+        the fractional requests must also fit node by node, and a node may leave: a pool that
+        insisted on ``size`` actors could wait forever for one that cannot be placed, and starve
+        the task stages, so it grows from one actor as far as the nodes have room."""
+        if self.elastic and size > 1:
+            return ray.data.ActorPoolStrategy(min_size=1, max_size=size)
+        return ray.data.ActorPoolStrategy(size=size)
+
+
+SANDBOX_RESOURCE = "sandbox"  # custom resource of the nodes prepared for untrusted code (ray_cluster.yaml)
+
+
+def replay_placement(cluster: dict[str, float], pool: int, cpus_per_actor: float) -> tuple[int, dict[str, float] | None]:
+    """Where replay actors may run: on a cluster whose nodes declare the ``sandbox`` resource,
+    only there (each actor asks for as much of it as of CPU), and no more actors than those nodes
+    hold (an actor that can never be placed would stall the run). Elsewhere: anywhere."""
+    total = cluster.get(SANDBOX_RESOURCE)
+    if not total:
+        return pool, None
+    return max(1, min(pool, int(total / cpus_per_actor + 1e-9))), {SANDBOX_RESOURCE: cpus_per_actor}
 
 
 def add_stages(ds: ray.data.Dataset, first: str, a: StageArgs) -> ray.data.Dataset:
@@ -281,8 +308,9 @@ def add_stages(ds: ray.data.Dataset, first: str, a: StageArgs) -> ray.data.Datas
             fn_constructor_kwargs={"cfg": cfg.replay, "stage_metrics": a.metrics, "allow_weak_sandbox": a.allow_weak_sandbox},
             batch_size=cfg.replay.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=a.pool),
+            compute=a.pool(a.resources.get("replay_actors", a.pool_size)),
             num_cpus=a.resources["replay_cpus_per_actor"],
+            **({"resources": a.replay_resources} if a.replay_resources else {}),
         )
     if first in ("replay", "judges"):
         judges_factory = partial(metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px, cfg.routing.recovered_errors)
@@ -294,7 +322,7 @@ def add_stages(ds: ray.data.Dataset, first: str, a: StageArgs) -> ray.data.Datas
             },
             batch_size=cfg.judges.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=a.pool),
+            compute=a.pool(a.pool_size),
             num_cpus=a.resources["judge_cpus_per_actor"],
         )
         llm = cfg.judges.llm
@@ -347,6 +375,47 @@ def recompute_previous(previous_rows: Path, dest: Path, first: str, a: StageArgs
     return n
 
 
+PROGRESS_EVERY_S = 1.0  # how often run_pipeline's ``progress`` callback is called
+
+
+@contextmanager
+def progress_poller(
+    progress: Callable[[dict[str, Any]], None] | None, metrics: Any, total: int, done: int = 0
+) -> Iterator[None]:
+    """While the curation stages run, a driver thread calls ``progress`` every PROGRESS_EVERY_S
+    (and once more at the end) with ``{"total": records to route, "done": records routed
+    ("done" of them were routed by units committed before, e.g. of a resumed run), "stages":
+    {stage: rows since the start}, "elapsed_s": seconds since the start}``, read from the
+    StageMetrics actor. A failing callback or poll never fails the run."""
+    if progress is None:
+        yield
+        return
+    start = time.perf_counter()
+    base = {k: v["rows"] for k, v in ray.get(metrics.get.remote()).items()}  # e.g. rows recomputed before
+    stop = threading.Event()
+
+    def report() -> None:
+        try:
+            stats = ray.get(metrics.get.remote(), timeout=10)
+            stages = {k: int(v["rows"] - base.get(k, 0)) for k, v in stats.items()}
+            progress({"total": total, "done": done + stages.get("routing", 0), "stages": stages,
+                      "elapsed_s": time.perf_counter() - start})
+        except Exception:  # noqa: BLE001 - the display must not stop the run
+            log.debug("progress report failed", exc_info=True)
+
+    def poll() -> None:
+        report()
+        while not stop.wait(PROGRESS_EVERY_S):
+            report()
+
+    thread = threading.Thread(target=poll, name="twi-curate-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    report()  # the final counts (not after a failure: nobody shows them)
 
 
 def run_pipeline(
@@ -362,6 +431,7 @@ def run_pipeline(
     format: str | None = None,
     benchmark: Path | None = None,
     recompute: str | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Curate ``inputs`` into ``out_dir``; returns the manifest (also written as manifest.json).
 
@@ -376,7 +446,8 @@ def run_pipeline(
     (:func:`ensure_sandbox_level`): below it the run stops with :class:`SandboxLevelError`, unless
     ``allow_weak_sandbox`` (then ``warn`` gets a loud message). ``format`` forces one input
     adapter (pipeline.formats) instead of detecting each file's; ``benchmark`` is a JSONL file of
-    benchmark items to decontaminate against (pipeline.dedup).
+    benchmark items to decontaminate against (pipeline.dedup). ``progress``, when given, is called
+    about every second while the records go through the stages (:func:`progress_poller`).
     """
     started = time.time()
     timings: dict[str, float] = {}
@@ -445,7 +516,11 @@ def run_pipeline(
             pool = replay_pool_size(cfg)
             resources = stage_cpus(cfg, ray.cluster_resources().get("CPU", 1), pool)
             keys_dir = staging / KEYS_DIR if post_keys_needed(cfg, bench) else None
-            stage_args = StageArgs(cfg, metrics, lineage, pool, resources, out_dir, allow_weak_sandbox, keys_dir)
+            replay_actors, replay_resources = replay_placement(
+                ray.cluster_resources(), pool, resources["replay_cpus_per_actor"])
+            resources = {**resources, "replay_actors": replay_actors, "replay_resources": replay_resources}
+            stage_args = StageArgs(cfg, metrics, lineage, pool, resources, out_dir, allow_weak_sandbox, keys_dir,
+                                   replay_resources, elastic=sum(1 for n in ray.nodes() if n["Alive"]) > 1)
             # Work is committed in units (earlier rows, then one per window of read tasks), each
             # written to a temporary folder and renamed when complete: a killed run resumes after
             # its last complete unit, and no row is written twice.
@@ -461,18 +536,20 @@ def run_pipeline(
                 units.commit("0-recomputed", recompute_unit)
             if keys_dir is not None:
                 shutil.rmtree(keys_dir / PENDING_DIR, ignore_errors=True)  # keys of an unfinished window
-            for window_no, window in enumerate(windows()):
-                name = f"window-{window_no:06d}"
-                if units.done(name):
-                    continue
+            with progress_poller(progress, metrics, total=input_records - known,
+                                 done=sum(units.rows(p.name) for p in units.root.glob("window-*"))):
+                for window_no, window in enumerate(windows()):
+                    name = f"window-{window_no:06d}"
+                    if units.done(name):
+                        continue
 
-                def window_unit(dest: Path, window: list[ReadTask] = window, name: str = name) -> None:
-                    ds = add_stages(ingest_dataset(attach_verdicts(window, verdicts), cfg), "replay", stage_args)
-                    ds.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))
-                    if keys_dir is not None:  # the window's dedup keys belong to its unit
-                        compact_keys(keys_dir, name)
+                    def window_unit(dest: Path, window: list[ReadTask] = window, name: str = name) -> None:
+                        ds = add_stages(ingest_dataset(attach_verdicts(window, verdicts), cfg), "replay", stage_args)
+                        ds.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))
+                        if keys_dir is not None:  # the window's dedup keys belong to its unit
+                            compact_keys(keys_dir, name)
 
-                units.commit(name, window_unit)
+                    units.commit(name, window_unit)
             carried, recomputed = units.rows("0-carried"), units.rows("0-recomputed")
             units.link_into(staging / SHARDS_DIR)
             timings["execute_s"] = round(time.perf_counter() - t, 3)
@@ -498,7 +575,9 @@ def run_pipeline(
                 started=started,
             )
             manifest["sandbox"] = sandbox
-            manifest["resources"] = {**resources, "replay_actors": pool}
+            manifest["resources"] = {k: v for k, v in resources.items() if v is not None}
+            # the Ray node of every replay actor (a cluster with sandbox nodes: only those)
+            manifest["placement"] = ray.get(metrics.get_counters.remote()).get("placement", {})
             manifest["dedup"] = dedup_counts
             manifest["swept"] = [{"path": str(p), "bytes": n} for p, n in swept]
             manifest["stage_hashes"] = hashes

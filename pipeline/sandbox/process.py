@@ -161,19 +161,25 @@ def _clean_env(home: str, mpl_dir: str) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=4)
 def _probe(python: str) -> tuple[tuple[str, bool], ...]:
-    """Ask a throw-away child which kernel-level layers it can apply here."""
-    try:
-        done = subprocess.run(
-            [python, "-s", "-P", "-B", str(RUNNER_PATH), "--probe"],
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        result = json.loads(done.stdout.decode("utf-8") or "{}")
-    except (OSError, ValueError, subprocess.SubprocessError):
-        result = {}
+    """Ask a throw-away child which kernel-level layers it can apply here. A probe that gives no
+    answer (timed out on a machine under heavy load, killed) says nothing about the layers: it is
+    asked again, with more time, before the layers are reported missing."""
+    result: dict = {}
+    for timeout in (30, 90, 180):
+        try:
+            done = subprocess.run(
+                [python, "-s", "-P", "-B", str(RUNNER_PATH), "--probe"],
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+            result = json.loads(done.stdout.decode("utf-8") or "{}")
+        except (OSError, ValueError, subprocess.SubprocessError):
+            result = {}
+        if result:
+            break
     return tuple(sorted((str(k), bool(v)) for k, v in result.items()))
 
 

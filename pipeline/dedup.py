@@ -442,9 +442,9 @@ def _verdicts(
         CREATE TABLE ranked AS
         SELECT {KEY_SID}, {KEY_FILE}, {KEY_IDX}, {KEY_QKEY}, {KEY_ISHA}, {KEY_PHASH}, {KEY_ASPECT},
                row_number() OVER (PARTITION BY {KEY_SID} ORDER BY {KEY_FILE}, {KEY_IDX}) AS rn
-        FROM read_parquet({files_sql}) WHERE {KEY_VALID}""")
+        FROM read_parquet({files_sql}) WHERE {KEY_VALID} IS NOT FALSE""")
     con.execute(f"CREATE VIEW details AS SELECT {KEY_FILE}, {KEY_IDX}, {KEY_DETAIL} FROM read_parquet({files_sql}) "
-                f"WHERE {KEY_VALID}")
+                f"WHERE {KEY_VALID} IS NOT FALSE")
     if cfg.exact:
         for file, idx, sid in con.execute(f"SELECT {KEY_FILE}, {KEY_IDX}, {KEY_SID} FROM ranked WHERE rn > 1").fetchall():
             verdicts[(file, idx)][S.DUPLICATE_OF] = sid

@@ -138,13 +138,16 @@ def test_inspect_summaries_and_sql(curated):
     assert result.exit_code == 2 and "query failed" in result.output
 
 
-def test_rerun_replaces_shards_and_limit_counts(ray_local, corpus_dir, tmp_path):
+def test_rerun_keeps_what_out_holds_and_limit_counts(ray_local, corpus_dir, tmp_path):
+    """A rerun into the same OUT (pipeline.ledger) keeps the rows it holds: --limit 3 after
+    --limit 5 reads 3 records, all already curated, and OUT still has the 5."""
     out = tmp_path / "o"
     run_pipeline([corpus_dir], out, RunConfig(), limit=5, quiet=True)
-    run_pipeline([corpus_dir], out, RunConfig(), limit=3, quiet=True)
+    m = run_pipeline([corpus_dir], out, RunConfig(), limit=3, quiet=True)
+    assert m["run"]["input_records"] == 3 and m["run"]["already_curated"] == 3 and m["run"]["added"] == 0
     m = read_manifest(out)
-    assert m["input_records"] == 3 and m["conservation"]["ok"]
-    assert len(shard_rows(out)) == 3
+    assert m["input_records"] == 5 and m["conservation"]["ok"]
+    assert len(shard_rows(out)) == 5
 
 
 @pytest.mark.timeout(420)

@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.route import route_batch
+from pipeline.shards import read_shard_file
 from routing.policy import RoutingPolicy
 from schemas import sample as S
 
@@ -208,11 +209,6 @@ def _changes_by_file(
         yield current, acc
 
 
-def _partition_values(path: Path, shards_dir: Path) -> dict[str, str]:
-    parts = dict(p.split("=", 1) for p in path.parent.relative_to(shards_dir).parts if "=" in p)
-    return {c: parts[c] for c in S.PARTITION_COLUMNS}
-
-
 def _rewrite(
     path: Path,
     shards_dir: Path,
@@ -222,11 +218,7 @@ def _rewrite(
 ) -> None:
     """Rewrite one staged shard file with ``changes`` (column updates per row) applied and the
     changed rows routed again (module doc)."""
-    table = pq.read_table(path)
-    parts = _partition_values(path, shards_dir)
-    for col in S.PARTITION_COLUMNS:
-        if col not in table.column_names:
-            table = table.append_column(col, pa.array([parts[col]] * table.num_rows, pa.string()))
+    table = read_shard_file(path, shards_dir)
     rows = S.to_table(table.select(S.SAMPLE_SCHEMA.names).to_pylist()).to_pylist()
     kept, changed = [], []
     for row in rows:

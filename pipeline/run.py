@@ -77,7 +77,7 @@ from pipeline.publish import (
 from pipeline.replay import ReplayActor
 from pipeline.route import route_batch
 from pipeline.sandbox.levels import SandboxLevelError, check_level
-from pipeline.shards import SHARDS_DIR
+from pipeline.shards import SHARDS_DIR, read_shard_file
 from schemas import sample as S
 
 log = logging.getLogger(__name__)
@@ -348,15 +348,7 @@ def add_stages(ds: ray.data.Dataset, first: str, a: StageArgs) -> ray.data.Datas
 def read_shard_rows(batch: Any) -> Any:
     """Ray Data fn: a shard file (one per batch) -> its rows as canonical columns, with the hive
     partition columns (route, discipline) restored from its path."""
-    import pyarrow as pa
-
-    path = Path(batch.column("path")[0].as_py())
-    table = pq.read_table(path)
-    parts = dict(p.split("=", 1) for p in path.parent.relative_to(batch.column("base")[0].as_py()).parts if "=" in p)
-    for col in S.PARTITION_COLUMNS:
-        if col not in table.column_names:
-            table = table.append_column(col, pa.array([parts.get(col)] * table.num_rows, pa.string()))
-    return table
+    return read_shard_file(Path(batch.column("path")[0].as_py()), Path(batch.column("base")[0].as_py()))
 
 
 def recompute_previous(previous_rows: Path, dest: Path, first: str, a: StageArgs) -> int:

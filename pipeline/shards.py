@@ -5,11 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from schemas import sample as S
 
 SHARDS_DIR = "shards"
 VIEW = "samples"
+
+
+def read_shard_file(path: Path, shards_dir: Path) -> pa.Table:
+    """One shard file's rows with the hive partition columns (route, discipline) restored from
+    its folders under ``shards_dir``."""
+    path = Path(path)
+    table = pq.read_table(path)
+    parts = dict(p.split("=", 1) for p in path.parent.relative_to(shards_dir).parts if "=" in p)
+    for col in S.PARTITION_COLUMNS:
+        if col not in table.column_names:
+            table = table.append_column(col, pa.array([parts[col]] * table.num_rows, pa.string()))
+    return table
 
 
 def shard_files(out_dir: Path) -> list[Path]:

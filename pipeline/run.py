@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from judges import metric_judges
 from pipeline import __version__
@@ -488,7 +489,10 @@ def run_pipeline(
             timings["ray_init_s"] = round(time.perf_counter() - t, 3)
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = not quiet
-            metrics = StageMetrics.remote()
+            # The run's counters live beside the driver: a worker node lost mid-run must not take
+            # them (and the LLM judges' guard) with it.
+            metrics = StageMetrics.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False)).remote()
 
             # What OUT holds already (pipeline.ledger): skipped, carried over or recomputed.
             hashes = stage_hashes(cfg)

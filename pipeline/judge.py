@@ -33,7 +33,11 @@ def judge_row(row: dict[str, Any], judges: list[Judge]) -> dict[str, Any]:
 
 class JudgeStage:
     """Ray Data callable: judges are built once per worker. With ``keys_dir`` it also writes the
-    dedup keys of every block it judges (the first image decoded once, by the judge)."""
+    dedup keys of every block it judges (the first image decoded once, by the judge).
+
+    New records are judged inside the replay actor (pipeline.replay.ReplayActor calls
+    :meth:`judge_rows` on the rows it has just replayed: no second pool, no Arrow hop of the
+    replayed images); as a stage of its own it re-judges stored replays (pipeline.ledger)."""
 
     def __init__(self, judges_factory: Any, stage_metrics: Any = None, keys_dir: str | None = None):
         self.judges = judges_factory()
@@ -42,12 +46,15 @@ class JudgeStage:
         # the decoded inputs of a judge that keeps them (visual gain): the dedup keys reuse them
         self.grey = next((j.grey for j in self.judges if hasattr(j, "grey")), None)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def judge_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every judge on every row (in place), the block's dedup keys, the stage's metrics."""
         start, cpu = time.perf_counter(), time.process_time()
-        rows = [judge_row(r, self.judges) for r in batch.to_pylist()]
+        rows = [judge_row(r, self.judges) for r in rows]
         if self.keys_dir is not None:  # the main pass's dedup keys (pipeline.dedup), same decode
             write_block_keys(rows, self.keys_dir, self.grey)
-        out = S.to_table(rows)
         if self.metrics is not None:
-            self.metrics.add.remote("judges", out.num_rows, time.perf_counter() - start, time.process_time() - cpu)
-        return out
+            self.metrics.add.remote("judges", len(rows), time.perf_counter() - start, time.process_time() - cpu)
+        return rows
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return S.to_table(self.judge_rows(batch.to_pylist()))

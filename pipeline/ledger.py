@@ -35,8 +35,9 @@ import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
 from pipeline.dedup import KEY_FILE, KEY_IDX, KEY_SID
-from pipeline.ingest import KNOWN
+from pipeline.ingest import KNOWN, task_flags
 from pipeline.shards import SHARDS_DIR, shard_files
+from pipeline.sources import ReadTask
 from schemas import sample as S
 
 STAGES = ("replay", "judges", "routing")  # in data-flow order: a change recomputes from there on
@@ -114,6 +115,14 @@ def known_and_superseded(
         "AND n.sid NOT IN (SELECT sid FROM old)").fetchall())
     con.close()
     return known, superseded
+
+
+def pending_tasks(tasks: list[ReadTask]) -> list[ReadTask]:
+    """The read tasks that still hold a record to curate: a task whose every record OUT holds
+    already (its verdicts, pipeline.dedup.attach_verdicts) is not read again, and a window of
+    such tasks starts no stage at all (an unchanged rerun replays and judges nothing)."""
+    return [t for t in tasks if not (t.count and len(flags := task_flags(t)) == t.count
+                                     and all(v.get(KNOWN) for v in flags.values()))]
 
 
 def carry_over(previous_shards: Path, staging_shards: Path, superseded: set[tuple[str, int]]) -> int:

@@ -39,6 +39,7 @@ import posixpath
 import re
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -330,7 +331,8 @@ class SandboxCpuMeter:
 class ReplayActor:
     """Ray Data actor: owns one sandbox for its lifetime and replays batches of samples."""
 
-    def __init__(self, cfg: ReplayConfig, stage_metrics: Any = None, allow_weak_sandbox: bool = False):
+    def __init__(self, cfg: ReplayConfig, stage_metrics: Any = None, allow_weak_sandbox: bool = False,
+                 judging: Callable[[], Any] | None = None):
         # replay.sandbox picks the kind (default: the zygote); it refuses to start below
         # replay.min_sandbox_level unless the run was started with --allow-weak-sandbox.
         self.sandbox = make_sandbox(
@@ -345,13 +347,18 @@ class ReplayActor:
             stage_metrics.add_counters.remote("placement", {"replay": {ray.get_runtime_context().get_node_id(): 1}})
         check_sandbox_works(self.sandbox)
         self.sandbox_cpu = SandboxCpuMeter(self.sandbox)
+        # the metric judges run here, on the rows just replayed (pipeline.judge.JudgeStage): the
+        # replayed images never cross to another pool, and one actor keeps a core busy both
+        # while its sandbox works and while it judges
+        self.judging = judging() if judging is not None else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start, cpu = time.perf_counter(), time.process_time()
         self.sandbox_cpu.take()
         rows = [replay_row(r, self.sandbox) for r in batch.to_pylist()]
-        out = S.to_table(rows)
         if self.metrics is not None:
             used = time.process_time() - cpu + self.sandbox_cpu.take()
             self.metrics.add.remote("replay", len(rows), time.perf_counter() - start, used)
-        return out
+        if self.judging is not None:
+            rows = self.judging.judge_rows(rows)
+        return S.to_table(rows)

@@ -55,6 +55,7 @@ from pipeline.ledger import (
     carry_over,
     first_changed_stage,
     known_and_superseded,
+    pending_tasks,
     stage_hashes,
     write_ledger,
 )
@@ -303,29 +304,29 @@ def add_stages(ds: ray.data.Dataset, first: str, a: StageArgs) -> ray.data.Datas
     cfg = a.cfg
     if first not in STAGES:
         raise ValueError(f"unknown stage {first!r}")
-    if first == "replay":
+    judges_factory = partial(metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px, cfg.routing.recovered_errors)
+    if first == "replay":  # replay and the metric judges in one actor (pipeline.replay.ReplayActor)
+        judging = partial(JudgeStage, judges_factory, a.metrics, str(a.keys_dir) if a.keys_dir is not None else None)
         ds = ds.map_batches(
             ReplayActor,
-            fn_constructor_kwargs={"cfg": cfg.replay, "stage_metrics": a.metrics, "allow_weak_sandbox": a.allow_weak_sandbox},
+            fn_constructor_kwargs={"cfg": cfg.replay, "stage_metrics": a.metrics,
+                                   "allow_weak_sandbox": a.allow_weak_sandbox, "judging": judging},
             batch_size=cfg.replay.batch_size,
             batch_format="pyarrow",
             compute=a.pool(a.resources.get("replay_actors", a.pool_size)),
-            num_cpus=a.resources["replay_cpus_per_actor"],
+            num_cpus=a.resources["replay_cpus_per_actor"] + a.resources["judge_cpus_per_actor"],
             **({"resources": a.replay_resources} if a.replay_resources else {}),
         )
-    if first in ("replay", "judges"):
-        judges_factory = partial(metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px, cfg.routing.recovered_errors)
+    elif first == "judges":  # stored replays re-judged
         ds = ds.map_batches(
             JudgeStage,
-            fn_constructor_kwargs={
-                "judges_factory": judges_factory, "stage_metrics": a.metrics,
-                "keys_dir": str(a.keys_dir) if a.keys_dir is not None and first == "replay" else None,
-            },
+            fn_constructor_kwargs={"judges_factory": judges_factory, "stage_metrics": a.metrics},
             batch_size=cfg.judges.batch_size,
             batch_format="pyarrow",
             compute=a.pool(a.pool_size),
             num_cpus=a.resources["judge_cpus_per_actor"],
         )
+    if first in ("replay", "judges"):
         llm = cfg.judges.llm
         if llm.enabled:
             ds = ds.map_batches(
@@ -479,8 +480,10 @@ def run_pipeline(
             if resumed is None:  # the plan is complete: from here on, a killed run can be continued
                 write_json_atomic(staging / RESUME_FILE, {"fingerprint": fingerprint, "records": input_records,
                                                            "tasks": n_tasks})
+            # The sandbox is checked before any Ray work on a first run; into an OUT with results,
+            # once the pre-pass knows that something is to be replayed (a rerun replays nothing).
             t = time.perf_counter()
-            sandbox = ensure_sandbox_level(cfg, allow_weak_sandbox, warn) if n_tasks else None
+            sandbox = ensure_sandbox_level(cfg, allow_weak_sandbox, warn) if n_tasks and previous is None else None
             timings["sandbox_check_s"] = round(time.perf_counter() - t, 3)
             windows = partial(read_plan, plan, cfg.ingest.tasks_per_window)
 
@@ -506,6 +509,10 @@ def run_pipeline(
                 dedup_verdicts(windows(), cfg, bench, staging, previous_shards) if n_tasks else ({}, {}, set()))
             timings["dedup_s"] = round(time.perf_counter() - t, 3)
             known = dedup_counts.pop("already_curated", 0)
+            if sandbox is None and (input_records > known or first == "replay") and (n_tasks or previous):
+                t = time.perf_counter()
+                sandbox = ensure_sandbox_level(cfg, allow_weak_sandbox, warn)
+                timings["sandbox_check_s"] = round(time.perf_counter() - t, 3)
 
             t = time.perf_counter()
             (staging / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
@@ -536,11 +543,12 @@ def run_pipeline(
                                  done=sum(units.rows(p.name) for p in units.root.glob("window-*"))):
                 for window_no, window in enumerate(windows()):
                     name = f"window-{window_no:06d}"
-                    if units.done(name):
+                    window = pending_tasks(attach_verdicts(window, verdicts))
+                    if units.done(name) or not window:
                         continue
 
                     def window_unit(dest: Path, window: list[ReadTask] = window, name: str = name) -> None:
-                        ds = add_stages(ingest_dataset(attach_verdicts(window, verdicts), cfg), "replay", stage_args)
+                        ds = add_stages(ingest_dataset(window, cfg), "replay", stage_args)
                         ds.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))
                         if keys_dir is not None:  # the window's dedup keys belong to its unit
                             compact_keys(keys_dir, name)

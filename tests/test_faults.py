@@ -1,6 +1,7 @@
-"""Faults inside a run: a sandbox zygote, a replay actor and a judge actor are SIGKILLed (real
-processes, found by their command lines) while `twi-curate run` works; the run completes with
-every record once and the routes of an undisturbed run."""
+"""Faults inside a run: a sandbox zygote and a replay actor (which also runs the metric judges on
+the rows it replays) are SIGKILLed (real processes, found by their command lines) while
+`twi-curate run` works; the run completes with every record once and the routes of an undisturbed
+run."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def routes(out: Path) -> dict[str, str]:
     return dict(got)
 
 
-def test_zygote_replay_actor_and_judge_actor_killed_mid_run(ray_local, cache_root, tmp_path):
+def test_zygote_and_replay_judge_actor_killed_mid_run(ray_local, cache_root, tmp_path):
     from pipeline.cli import DEFAULT_N, cache_dir
 
     corpus = cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0" / "corpus.jsonl"
@@ -78,8 +79,7 @@ def test_zygote_replay_actor_and_judge_actor_killed_mid_run(ray_local, cache_roo
     targets = [  # what to kill, in this order, each once the previous kill is done
         ("zygote", lambda pid, ppid, cmd, by_pid: "pipeline/sandbox/runner.py" in cmd
          and "MapBatches(ReplayActor)" in by_pid.get(ppid, "")),
-        ("replay actor", lambda pid, ppid, cmd, by_pid: cmd.startswith("ray::MapWorker(MapBatches(ReplayActor))")),
-        ("judge actor", lambda pid, ppid, cmd, by_pid: cmd.startswith("ray::MapWorker(MapBatches(JudgeStage))")),
+        ("replay+judge actor", lambda pid, ppid, cmd, by_pid: cmd.startswith("ray::MapWorker(MapBatches(ReplayActor))")),
     ]
     killed: list[str] = []
     deadline = time.monotonic() + 900

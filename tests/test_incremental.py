@@ -66,6 +66,7 @@ def test_incremental_rerun_and_stage_aware_recompute(ray_local, inputs, tmp_path
     m3 = run_pipeline([both], out, RunConfig(), quiet=True)
     assert m3["run"]["already_curated"] == 48 and m3["run"]["added"] == 0
     assert stage_rows(m3) == {} and rows(out) == after and m3["conservation"]["ok"]
+    assert m2["sandbox"] and m3["sandbox"] is None  # nothing to replay: no sandbox started either
 
     # a routing threshold changed: re-routed from the stored scores, no replay, no judging
     policy = RunConfig().routing.model_copy(update={"min_visual_gain": 0.9})
@@ -136,3 +137,19 @@ def test_driver_killed_mid_run_resumes_exactly_once_with_the_same_routes(ray_loc
     got, want = rows(out), rows(reference)
     assert len(got) == 24 and {s: v[:2] for s, v in got.items()} == {s: v[:2] for s, v in want.items()}
     assert not list(out.glob(".staging-*"))
+
+
+def test_pending_tasks_drops_only_tasks_whose_every_record_is_held():
+    import json
+
+    from pipeline.ingest import KNOWN
+    from pipeline.ledger import pending_tasks
+    from pipeline.sources import ReadTask
+
+    known = {KNOWN: True}
+    held = ReadTask("a.jsonl", 0, 0, 2, flags=json.dumps({"0": known, "1": known}))
+    half = ReadTask("a.jsonl", 10, 2, 2, flags=json.dumps({"2": known}))
+    dup = ReadTask("a.jsonl", 20, 4, 2, flags=json.dumps({"4": {S.DUPLICATE_OF: "x"}, "5": known}))
+    fresh = ReadTask("a.jsonl", 30, 6, 2)
+    assert pending_tasks([held, half, dup, fresh]) == [half, dup, fresh]
+    assert pending_tasks([held]) == []

@@ -51,7 +51,7 @@ def test_default_run_fills_all_routes_and_disciplines(curated):
     assert m["samples_per_s"] > 0 and "samples/s" in output
     replay = m["timings"]["stages"]["replay"]
     assert replay["rows"] == DEFAULT_N and replay["cpu_s"] > 0 and replay["samples_per_s"] > 0
-    # 2 replay + 2 judge actors + ingest and route tasks fit in 2 CPUs only when scaled down
+    # 2 replay actors (each judging what it replays) + ingest and route tasks fit in 2 CPUs only when scaled down
     assert m["resources"] == {"cluster_cpus": 2.0, "replay_cpus_per_actor": 0.375, "judge_cpus_per_actor": 0.375,
                               "replay_actors": 2}
 

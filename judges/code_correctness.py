@@ -33,7 +33,7 @@ from schemas import sample as S
 
 FABRICATION_FIDELITY = 0.8
 RECOVERED_ERRORS_POLICIES = ("accept", "penalize", "reject")
-_NOT_RECOVERABLE = ("timeout", "memory", "killed", "skipped", "forbidden", S.REPLAY_ENV_STATUS)
+_NOT_RECOVERABLE = ("timeout", "memory", "killed", "skipped", S.STATUS_FORBIDDEN, S.REPLAY_ENV_STATUS)
 
 
 def recovered_failures(cells: list[dict[str, Any]], final_answer: str | None) -> list[tuple[int, int]]:
@@ -44,9 +44,9 @@ def recovered_failures(cells: list[dict[str, Any]], final_answer: str | None) ->
         return []
     pairs = []
     for i, s in enumerate(statuses):
-        if s == "ok":
+        if s == S.STATUS_OK:
             continue
-        fix = next((j for j in range(i + 1, len(statuses)) if statuses[j] == "ok"), None)
+        fix = next((j for j in range(i + 1, len(statuses)) if statuses[j] == S.STATUS_OK), None)
         if fix is None:
             return []
         pairs.append((i, fix))
@@ -79,7 +79,7 @@ class CodeCorrectnessJudge:
         if not cells:
             return Verdict(None, "no code cells")
         statuses = [c[S.CELL_STATUS] for c in cells]
-        if "forbidden" in statuses:
+        if S.STATUS_FORBIDDEN in statuses:
             return Verdict(0.0, f"cell {statuses.index('forbidden')} attempted a forbidden operation")
         gaps = [(c[S.CELL_INDEX], c.get(S.CELL_ENV_GAP) or "unknown") for c in cells
                 if c[S.CELL_STATUS] == S.REPLAY_ENV_STATUS]
@@ -94,9 +94,9 @@ class CodeCorrectnessJudge:
         recovered = recovered_failures(cells, row.get(S.FINAL_ANSWER))
         skip = {i for i, _ in recovered} if self.recovered_errors == "accept" else set()
         counted = [s for i, s in enumerate(statuses) if i not in skip]
-        ok = counted.count("ok") / len(counted)
+        ok = counted.count(S.STATUS_OK) / len(counted)
         mean_fid = sum(f for _, f in fids) / len(fids) if fids else 1.0
-        failed = [f"{i}:{s}" for i, s in enumerate(statuses) if s != "ok"]
+        failed = [f"{i}:{s}" for i, s in enumerate(statuses) if s != S.STATUS_OK]
         why = f"{counted.count('ok')}/{len(counted)} cells ok, mean fidelity {mean_fid:.2f}"
         if failed:
             why += f"; failed {', '.join(failed)}"

@@ -32,7 +32,7 @@ IMAGE_TOKEN = "<image>"
 
 def load_rows(out_dir: Path) -> list[dict[str, Any]]:
     """Accepted rows (twi and text routes) of a run, as canonical dicts."""
-    return fetch_rows(connect(out_dir), f"SELECT * FROM {VIEW} WHERE {S.ROUTE} IN ('twi', 'text')")
+    return fetch_rows(connect(out_dir), f"SELECT * FROM {VIEW} WHERE {S.ROUTE} IN ('{S.ROUTE_TWI}', '{S.ROUTE_TEXT}')")
 
 
 class ImageStore:
@@ -115,7 +115,7 @@ def thyme_record(row: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, An
             parts.append(_code_block(t[S.TURN_CODE]))
             produced = list(cell[S.CELL_IMAGES] or [])
             out = (cell[S.CELL_STDOUT] or "").rstrip()
-            if cell[S.CELL_STATUS] != "ok":
+            if cell[S.CELL_STATUS] != S.STATUS_OK:
                 out = f"Sandbox for cell {i} failed: {cell[S.CELL_ERROR] or cell[S.CELL_STATUS]}".rstrip()
             parts.append(f"<sandbox_output>{out}{IMAGE_TOKEN * len(produced)}</sandbox_output>")
             images.extend(produced)
@@ -167,7 +167,7 @@ def export(out_dir: Path, fmt: str, stage: str, dest: Path, policy: CurriculumPo
                 "ability": r[S.DISCIPLINE],
                 "reward_model": {"style": "rule", "ground_truth": r.get(S.GROUND_TRUTH) or ""},
                 "extra_info": _extra_info(r, k, stage),
-                "agent_name": "tool_agent" if r[S.ROUTE] == "twi" else "single_turn_agent",
+                "agent_name": "tool_agent" if r[S.ROUTE] == S.ROUTE_TWI else "single_turn_agent",
             })
         pq.write_table(pa.Table.from_pylist(records), dest / f"{name}.parquet")
     else:  # hf

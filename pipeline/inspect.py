@@ -32,7 +32,7 @@ def mean_scores_by_route(out_dir: Path) -> tuple[list[str], list[tuple[Any, ...]
     return query(out_dir, f"SELECT {S.ROUTE}, count(*) AS n, {means} FROM {VIEW} GROUP BY 1 ORDER BY 1")
 
 
-def top_reasons(out_dir: Path, route: str = "rejected", limit: int = 15) -> tuple[list[str], list[tuple[Any, ...]]]:
+def top_reasons(out_dir: Path, route: str = S.ROUTE_REJECTED, limit: int = 15) -> tuple[list[str], list[tuple[Any, ...]]]:
     return query(
         out_dir,
         f"SELECT reason, count(*) AS n FROM (SELECT unnest({S.ROUTE_REASONS}) AS reason FROM {VIEW} "

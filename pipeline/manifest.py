@@ -53,7 +53,7 @@ def shard_counts(out_dir: Path) -> dict[str, Any]:
     ):
         reasons.setdefault(r, {})[reason] = n
     rejected_without_reason = q(
-        f"SELECT count(*) FROM {VIEW} WHERE {S.ROUTE} = 'rejected' AND len(coalesce({S.ROUTE_REASONS}, [])) = 0"
+        f"SELECT count(*) FROM {VIEW} WHERE {S.ROUTE} = '{S.ROUTE_REJECTED}' AND len(coalesce({S.ROUTE_REASONS}, [])) = 0"
     )[0][0]
     total, distinct = q(f"SELECT count(*), count(DISTINCT {S.SAMPLE_ID}) FROM {VIEW}")[0]
     gap_rows = f"(SELECT {S.SOURCE} AS src, unnest({S.REPLAY_ENV}) AS gap FROM {VIEW})"
@@ -121,14 +121,7 @@ def judge_agreement(out_dir: Path, cfg: RunConfig) -> dict[str, Any]:
 
     n, mean |metric - llm|, Pearson correlation, and the share of samples on the same side of the
     routing threshold of that dimension (both pass or both fail)."""
-    thresholds = {
-        "coherence": cfg.routing.min_coherence,
-        "scientific_accuracy": cfg.routing.min_scientific_accuracy,
-        "alignment": cfg.routing.min_alignment,
-        "educational_value": cfg.routing.min_educational_value,
-        "code_correctness": cfg.routing.min_code_correctness,
-        "visual_gain": cfg.routing.min_visual_gain,
-    }
+    thresholds = cfg.routing.thresholds()
     con = connect(out_dir)
     out: dict[str, Any] = {}
     for d in S.DIMENSIONS:

@@ -53,7 +53,7 @@ from pipeline.sandbox import InputImage
 from pipeline.sandbox.levels import make_sandbox, sandbox_limits, sandbox_uid
 from schemas import sample as S
 
-STATUS_SEVERITY = ("forbidden", S.REPLAY_ENV_STATUS, "memory", "timeout", "killed", "error")
+STATUS_SEVERITY = (S.STATUS_FORBIDDEN, S.REPLAY_ENV_STATUS, "memory", "timeout", "killed", "error")
 
 
 class SandboxBrokenError(RuntimeError):
@@ -74,11 +74,11 @@ def check_sandbox_works(sandbox: Any) -> None:
 
 def summarize_status(statuses: list[str]) -> str:
     if not statuses:
-        return "no_code"
+        return S.REPLAY_NO_CODE
     for s in STATUS_SEVERITY:
         if s in statuses:
             return s
-    return "ok" if all(s == "ok" for s in statuses) else "error"
+    return S.STATUS_OK if all(s == S.STATUS_OK for s in statuses) else "error"
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -239,12 +239,12 @@ def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
     """Fill REPLAY, REPLAY_STATUS and REPLAY_ENV of one canonical row."""
     row[S.REPLAY_ENV] = []
     if row.get(S.INPUT_ERROR) or row.get(S.DUPLICATE_OF):  # exact duplicates: the kept copy is replayed
-        row[S.REPLAY], row[S.REPLAY_STATUS] = [], "not_run"
+        row[S.REPLAY], row[S.REPLAY_STATUS] = [], S.REPLAY_NOT_RUN
         return row
     turns = row[S.TURNS] or []
     code_turns = [i for i, t in enumerate(turns) if t[S.TURN_CODE] and t[S.TURN_CODE].strip()]
     if not code_turns:
-        row[S.REPLAY], row[S.REPLAY_STATUS] = [], "no_code"
+        row[S.REPLAY], row[S.REPLAY_STATUS] = [], S.REPLAY_NO_CODE
         return row
     inputs = [InputImage(name=img[S.IMG_NAME] or f"input_{k}.png", data=img[S.IMG_BYTES], path=img[S.IMG_PATH] or "")
               for k, img in enumerate(row[S.IMAGES] or [])]

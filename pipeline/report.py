@@ -60,7 +60,6 @@ REASON_EXAMPLES = 2
 FETCH_CHUNK = 32
 FILES_MARKER = ".twi-curate-report"
 
-ROUTE_COLORS = {"twi": "#2e7d32", "text": "#1565c0", "rejected": "#c62828"}
 # funnel stages in order: (key, label); the removal stages are rejections
 FUNNEL = (
     ("invalid", "invalid input"),
@@ -72,15 +71,14 @@ FUNNEL = (
     ("twi", "twi"),
 )
 CODE_FAILURE_REASONS = ("sandbox_violation", "observation_mismatch", "recovered_error")
-# threshold of each dimension in routing.policy.RoutingPolicy, and what falling below it does
-THRESHOLDS = {
-    "visual_gain": ("min_visual_gain", "text"),
-    "coherence": ("min_coherence", "rejected"),
-    "code_correctness": ("min_code_correctness", "rejected"),
-    "scientific_accuracy": ("min_scientific_accuracy", "rejected"),
-    "alignment": ("min_alignment", "rejected"),
-    "educational_value": ("min_educational_value", "rejected"),
-}
+ROUTE_COLORS = {S.ROUTE_TWI: "#2e7d32", S.ROUTE_TEXT: "#1565c0", S.ROUTE_REJECTED: "#c62828"}
+
+
+def below_route(dim: str) -> str:
+    """Where a score below its dimension's minimum sends a sample (routing.route.decide)."""
+    return S.ROUTE_TEXT if dim == S.VISUAL_GAIN else S.ROUTE_REJECTED
+
+
 DURATION_BINS_MS = (0, 10, 30, 100, 300, 1000, 3000, 10000)
 SCORE_BINS = 20
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -298,7 +296,7 @@ def routing_thresholds(manifest: dict[str, Any] | None) -> tuple[dict[str, float
         policy = None
     if policy is None:
         policy, source = RoutingPolicy(), "routing.policy defaults (no config in the manifest)"
-    return {d: float(getattr(policy, name)) for d, (name, _) in THRESHOLDS.items()}, source
+    return policy.thresholds(), source
 
 
 # ------------------------------------------------------------------------------------------------
@@ -440,7 +438,7 @@ def histogram_svg(dim: str, hist: dict[str, Any], threshold: float, below: str) 
         x = pl + t * plot_w
         parts.append(f'<text x="{x:.1f}" y="{pt + plot_h + 13}" text-anchor="middle" class="s">{t:g}</text>')
     x = pl + threshold * plot_w
-    name = THRESHOLDS[dim][0]
+    name = f"min_{dim}"
     parts.append(f'<line x1="{x:.1f}" y1="{pt - 4}" x2="{x:.1f}" y2="{pt + plot_h}" stroke="#000" '
                  f'stroke-width="1.5" stroke-dasharray="4 3"><title>{name} = {threshold:g}</title></line>')
     label = f"{name} {threshold:g}: " + (f"below → {below}" if threshold > 0 else "disabled")
@@ -543,7 +541,7 @@ def _reasons_section(reasons: list[tuple[str, int, list[str]]], total_rejected: 
 
 def _scores_section(hists: dict[str, Any], thresholds: dict[str, float], source: str) -> str:
     legend = " ".join(f'<span class="dot" style="background:{c}"></span>{r}' for r, c in ROUTE_COLORS.items())
-    charts = "".join(histogram_svg(d, hists[d], thresholds[d], THRESHOLDS[d][1]) for d in S.DIMENSIONS)
+    charts = "".join(histogram_svg(d, hists[d], thresholds[d], below_route(d)) for d in S.DIMENSIONS)
     return (f'<section id="scores"><h2>Scores by route</h2><p class=note>{legend} — stacked counts in bins of '
             f"{1 / SCORE_BINS:g}; dashed line: the routing threshold, from {e(source)}.</p>"
             f'<div class="grid">{charts}</div></section>')

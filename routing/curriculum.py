@@ -89,8 +89,8 @@ def select_stage(rows: list[dict[str, Any]], stage: str, policy: CurriculumPolic
     """The rows of one stage, in deterministic order."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {list(STAGES)}")
-    accepted = sorted((r for r in rows if r[S.ROUTE] in ("twi", "text")), key=_order)
-    twi = [r for r in accepted if r[S.ROUTE] == "twi"]
+    accepted = sorted((r for r in rows if r[S.ROUTE] in (S.ROUTE_TWI, S.ROUTE_TEXT)), key=_order)
+    twi = [r for r in accepted if r[S.ROUTE] == S.ROUTE_TWI]
     text = [r for r in accepted if r[S.ROUTE] == "text"]
     if stage == "sft-science":
         chosen = accepted

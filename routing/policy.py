@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas import sample as S
+
 
 class RoutingPolicy(BaseModel):
     """Default policy (S1-VL style): reject broken, fabricated, wrong or incoherent samples;
@@ -43,3 +45,9 @@ class RoutingPolicy(BaseModel):
         "answer: accept (its recovered failures do not lower code_correctness), penalize (they count "
         "as failures), reject (rejected with recovered_error); see judges.code_correctness",
     )
+
+    def thresholds(self) -> dict[str, float]:
+        """The one map dimension -> minimum score (the ``min_<dimension>`` settings), read by
+        routing, the manifest and the report. Falling below it rejects a sample, except for
+        ``visual_gain`` (schemas.sample.VISUAL_GAIN), which sends it to the text shard."""
+        return {d: float(getattr(self, f"min_{d}")) for d in S.DIMENSIONS}

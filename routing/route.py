@@ -31,6 +31,9 @@ from routing.policy import RoutingPolicy
 from schemas import sample as S
 
 UNSUPPORTED_TOOL = "unsupported_tool"
+# dimensions with reasons of their own (code_failed / observation_mismatch, wrong_answer) or the
+# text route (visual gain); every other one rejects with low_<dimension>
+SPECIAL = ("code_correctness", "scientific_accuracy", S.VISUAL_GAIN)
 
 
 @dataclass(frozen=True)
@@ -48,45 +51,47 @@ def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
     error = row.get(S.INPUT_ERROR)
     if error:
         if error.startswith(UNSUPPORTED_TOOL + ":"):
-            return Decision("rejected", [error])
+            return Decision(S.ROUTE_REJECTED, [error])
         detail = (row.get(S.INPUT_DETAIL) or "").strip()
         if error == UNSUPPORTED_TOOL and detail:
-            return Decision("rejected", [f"{UNSUPPORTED_TOOL}:{detail.split()[0]}"])
-        return Decision("rejected", [f"invalid_input:{error}"])
+            return Decision(S.ROUTE_REJECTED, [f"{UNSUPPORTED_TOOL}:{detail.split()[0]}"])
+        return Decision(S.ROUTE_REJECTED, [f"invalid_input:{error}"])
     score = {d: row.get(S.score_column(d)) for d in S.DIMENSIONS}
+    minimum = policy.thresholds()
     status = row.get(S.REPLAY_STATUS)
     reasons: list[str] = []
     if row.get(S.DUPLICATE_OF):
         reasons.append(f"duplicate_of:{row[S.DUPLICATE_OF]}")
     reasons.extend(f"contaminated:{name}" for name in row.get(S.CONTAMINATED_BY) or [])
     if row.get(S.TURNS) == []:  # a prompt without a trajectory: nothing was produced to score
-        return Decision("rejected", [*reasons, "no_trajectory"])
-    if row.get(S.DUPLICATE_OF) and status == "not_run":  # an exact duplicate: never replayed or judged
-        return Decision("rejected", reasons)
+        return Decision(S.ROUTE_REJECTED, [*reasons, "no_trajectory"])
+    if row.get(S.DUPLICATE_OF) and status == S.REPLAY_NOT_RUN:  # an exact duplicate: never replayed or judged
+        return Decision(S.ROUTE_REJECTED, reasons)
     gaps = row.get(S.REPLAY_ENV) or []
-    if status == "forbidden":
+    if status == S.STATUS_FORBIDDEN:
         reasons.append("sandbox_violation")
     elif gaps:
         reasons.extend(S.replay_env_reason(g) for g in gaps)
     elif policy.recovered_errors == "reject" and recovered_failures(row.get(S.REPLAY) or [], row.get(S.FINAL_ANSWER)):
         reasons.append("recovered_error")
-    elif _below(score["code_correctness"], policy.min_code_correctness):
-        ran = status in ("ok", "no_code")
+    elif _below(score["code_correctness"], minimum["code_correctness"]):
+        ran = status in (S.STATUS_OK, S.REPLAY_NO_CODE)
         reasons.append("observation_mismatch" if ran else f"code_failed:{status}")
-    if _below(score["scientific_accuracy"], policy.min_scientific_accuracy):
+    if _below(score["scientific_accuracy"], minimum["scientific_accuracy"]):
         reasons.append("wrong_answer")
     if policy.reject_unverifiable and score["scientific_accuracy"] is None:
         reasons.append("unverifiable")
-    if _below(score["coherence"], policy.min_coherence):
-        reasons.append("low_coherence")
-    if _below(score["alignment"], policy.min_alignment) and not gaps:
-        reasons.append("low_alignment")
-    if _below(score["educational_value"], policy.min_educational_value):
-        reasons.append("low_educational_value")
+    # every other dimension (coherence, alignment, educational value, and any dimension added
+    # later): low_<dimension> below its minimum (alignment not when the replay lacked something)
+    for d in S.DIMENSIONS:
+        if d in SPECIAL or (d == "alignment" and gaps):
+            continue
+        if _below(score[d], minimum[d]):
+            reasons.append(f"low_{d}")
     if reasons:
-        return Decision("rejected", reasons)
+        return Decision(S.ROUTE_REJECTED, reasons)
     if not row.get(S.IMAGES):
-        return Decision("text", ["no_images"])
-    if score["visual_gain"] is None or score["visual_gain"] < policy.min_visual_gain:
-        return Decision("text", ["low_visual_gain"])
-    return Decision("twi", ["visual_gain_ok"])
+        return Decision(S.ROUTE_TEXT, ["no_images"])
+    if score[S.VISUAL_GAIN] is None or score[S.VISUAL_GAIN] < minimum[S.VISUAL_GAIN]:
+        return Decision(S.ROUTE_TEXT, [f"low_{S.VISUAL_GAIN}"])
+    return Decision(S.ROUTE_TWI, [f"{S.VISUAL_GAIN}_ok"])

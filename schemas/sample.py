@@ -18,6 +18,7 @@ import pyarrow as pa
 # --- enumerations -------------------------------------------------------------------------
 DISCIPLINES = ("mathematics", "physics", "chemistry", "astronomy", "geography", "biology", "unknown")
 ROUTES = ("twi", "text", "rejected")
+ROUTE_TWI, ROUTE_TEXT, ROUTE_REJECTED = ROUTES
 DIMENSIONS = (
     "visual_gain",
     "coherence",
@@ -32,6 +33,11 @@ DIMENSIONS = (
 # trajectory's own environment provided, a file the record references that is not available.
 CELL_STATUSES = ("ok", "error", "timeout", "memory", "killed", "forbidden", "skipped", "replay_env")
 REPLAY_ENV_STATUS = "replay_env"
+STATUS_OK, STATUS_FORBIDDEN = "ok", "forbidden"
+# Replay status of a whole sample (pipeline.replay): "ok", the worst cell status, or one of these
+REPLAY_NOT_RUN, REPLAY_NO_CODE = "not_run", "no_code"
+# The dimension whose low score sends a sample to the text shard; every other one rejects
+VISUAL_GAIN = "visual_gain"
 # Kinds of replay-environment gap; a gap is written "<kind>:<name>", e.g. "module:networkx",
 # "tool:zoom_in", "file:/eval/17127.jpg", and becomes the route reason "replay_env:<kind>:<name>".
 REPLAY_ENV_KINDS = ("module", "tool", "file")

@@ -112,3 +112,16 @@ def test_exact_duplicate_is_rejected_for_that_alone():
     for policy in (P, RoutingPolicy(reject_unverifiable=True)):
         d = decide(dup, policy)
         assert (d.route, d.reasons) == ("rejected", ["duplicate_of:abc"])
+
+
+def test_thresholds_are_one_map_read_by_routing():
+    """policy.thresholds() is the map dimension -> minimum (routing, manifest and report read it);
+    a dimension without a special reason rejects with low_<dimension> below its minimum."""
+    from routing.policy import RoutingPolicy
+
+    policy = RoutingPolicy(min_coherence=0.7)
+    assert list(policy.thresholds()) == list(S.DIMENSIONS) and policy.thresholds()["coherence"] == 0.7
+    assert policy.thresholds()[S.VISUAL_GAIN] == policy.min_visual_gain
+    assert decide(row(coherence=0.6), policy) == decide(row(coherence=0.6), RoutingPolicy(min_coherence=0.7))
+    assert decide(row(coherence=0.6), policy).reasons == ["low_coherence"]
+    assert decide(row(coherence=0.6), RoutingPolicy()).route == S.ROUTE_TWI  # default minimum 0.4

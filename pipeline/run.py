@@ -123,6 +123,14 @@ def replay_pool_size(cfg: RunConfig) -> int:
 
 
 TASK_CPUS = 0.25  # each stateless task stage (ingest, route); both must fit beside the actor pools
+def task_concurrency() -> int:
+    """How many tasks of one task stage (ingest, route) run at once: one per CPU. Their small
+    CPU request (TASK_CPUS) keeps them schedulable beside the actor pools, but uncapped it lets
+    Ray start four worker processes per CPU for each stage, and every new worker pays the
+    pipeline's imports (~2.5 s of CPU) for ~10 ms of work per record."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 LLM_ACTOR_CPUS = 0.1  # an LLM judge actor waits on the network; the endpoint is the bottleneck
 
 
@@ -174,7 +182,7 @@ def ingest_dataset(tasks: list[ReadTask], cfg: RunConfig) -> ray.data.Dataset:
     No image is decoded here: the judge stage writes the dedup keys from its own decode."""
     ds = ray.data.from_items(task_items(tasks), override_num_blocks=len(tasks))
     return ds.map_batches(partial(ingest_batch, cfg=cfg.ingest), batch_size=1, batch_format="numpy",
-                          num_cpus=TASK_CPUS)
+                          num_cpus=TASK_CPUS, concurrency=task_concurrency())
 
 
 KEY_TASKS_PER_BATCH = 16  # the key pass has no replay behind it: bigger batches, fewer Ray tasks
@@ -207,7 +215,7 @@ def dedup_verdicts(
         ds = ray.data.from_items(task_items(tasks), override_num_blocks=blocks)
         ds = ds.map_batches(
             partial(keys_batch, cfg=cfg.ingest), batch_size=-(-len(tasks) // blocks), batch_format="numpy",
-            num_cpus=TASK_CPUS,
+            num_cpus=TASK_CPUS, concurrency=task_concurrency(),
         )
         ds.write_parquet(str(keys_dir))
     files = sorted(str(p) for p in keys_dir.rglob("*.parquet"))
@@ -344,6 +352,7 @@ def add_stages(ds: ray.data.Dataset, first: str, a: StageArgs) -> ray.data.Datas
         fn_kwargs={"policy": cfg.routing, "lineage": a.lineage, "stage_metrics": a.metrics},
         batch_format="pyarrow",
         num_cpus=TASK_CPUS,
+        concurrency=task_concurrency(),
     )
 
 

@@ -364,13 +364,15 @@ def run(
     _print_summary(manifest)
     judges_failed = _print_judge_failure(manifest)
     labels = find_labels(inputs)
-    if labels is not None and limit is None:
+    if labels is not None:
         ev = agreement(out, labels)
         (out / "evaluation.json").write_text(json.dumps(ev, indent=2))
-        console.print(
-            f"Agreement with {labels.name}: {ev['agree']}/{ev['labeled']} = {ev['agreement']:.1%} "
-            f"(details in {out / 'evaluation.json'})", soft_wrap=True
-        )
+        if ev["labeled"]:
+            rest = f"; {ev['not_in_out']} labels name records not in {out}" if ev["not_in_out"] else ""
+            console.print(
+                f"Agreement with {labels.name}: {ev['agree']}/{ev['labeled']} = {ev['agreement']:.1%}{rest} "
+                f"(details in {out / 'evaluation.json'})", soft_wrap=True
+            )
     console.print(f"Report {_write_report(out)}", soft_wrap=True)
     if not manifest["conservation"]["ok"]:
         _fail("conservation check failed: see manifest.json 'conservation' (this is a bug, please report)")

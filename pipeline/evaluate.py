@@ -22,13 +22,17 @@ def find_labels(inputs: list[Path]) -> Path | None:
 
 
 def agreement(out_dir: Path, labels: Path) -> dict[str, Any]:
+    """Routes in OUT against the labels of the records OUT holds (a run over part of a labelled
+    corpus, e.g. --limit or a subset file beside its labels.jsonl, is scored on that part; the
+    labels without a row are counted as ``not_in_out``)."""
     con = connect(out_dir)
     lab = str(labels).replace("'", "''")
+    con.execute(f"CREATE TEMP VIEW labels AS SELECT * FROM read_json_auto('{lab}')")
     rows = con.execute(
         f"SELECT l.sample_id, l.case, l.expected_route, s.{S.ROUTE}, s.{S.ROUTE_REASONS} "
-        f"FROM read_json_auto('{lab}') l LEFT JOIN {VIEW} s ON s.{S.SAMPLE_ID} = l.sample_id "
-        "ORDER BY l.sample_id"
+        f"FROM labels l JOIN {VIEW} s ON s.{S.SAMPLE_ID} = l.sample_id ORDER BY l.sample_id"
     ).fetchall()
+    total = con.execute("SELECT count(*) FROM labels").fetchone()[0]
     by_case: dict[str, dict[str, int]] = {}
     mismatches = []
     for sid, case, expected, got, reasons in rows:
@@ -41,5 +45,5 @@ def agreement(out_dir: Path, labels: Path) -> dict[str, Any]:
                                "reasons": reasons})
     n = len(rows)
     agree = sum(c["agree"] for c in by_case.values())
-    return {"labels": str(labels), "labeled": n, "agree": agree,
+    return {"labels": str(labels), "labeled": n, "not_in_out": total - n, "agree": agree,
             "agreement": round(agree / n, 4) if n else None, "by_case": by_case, "mismatches": mismatches}

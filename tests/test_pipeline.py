@@ -37,7 +37,7 @@ def shard_rows(out):
     ).fetchall()
 
 
-def test_default_run_fills_all_routes_and_disciplines(curated):
+def test_default_run_fills_all_routes_and_disciplines(curated, ray_local):
     out, output = curated
     m = read_manifest(out)
     assert m["input_records"] == DEFAULT_N
@@ -51,9 +51,14 @@ def test_default_run_fills_all_routes_and_disciplines(curated):
     assert m["samples_per_s"] > 0 and "samples/s" in output
     replay = m["timings"]["stages"]["replay"]
     assert replay["rows"] == DEFAULT_N and replay["cpu_s"] > 0 and replay["samples_per_s"] > 0
-    # 2 replay actors (each judging what it replays) + ingest and route tasks fit in 2 CPUs only when scaled down
-    assert m["resources"] == {"cluster_cpus": 2.0, "replay_cpus_per_actor": 0.375, "judge_cpus_per_actor": 0.375,
-                              "replay_actors": 2}
+    # one replay actor per CPU (each judging what it replays), requests scaled so that the actors and
+    # the ingest and route tasks fit the cluster at once, whatever this machine's CPU count
+    res = m["resources"]
+    cpus = res["cluster_cpus"]
+    assert cpus == ray_local.cluster_resources()["CPU"]
+    pool = max(1, int(cpus))
+    assert res == {**stage_cpus(RunConfig(), cpus, pool), "replay_actors": pool}
+    assert pool * (res["replay_cpus_per_actor"] + res["judge_cpus_per_actor"]) + 2 * TASK_CPUS <= cpus + 1e-3
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 8, 64])
@@ -99,7 +104,22 @@ def test_each_bad_case_lands_where_its_label_says(curated, corpus_dir):
     agreement = 1 - len(wrong) / len(labels(corpus_dir))
     assert agreement >= 0.9, wrong
     ev = json.loads((out / "evaluation.json").read_text())
-    assert ev["agreement"] == pytest.approx(agreement, abs=1e-3)
+    assert ev["agreement"] == pytest.approx(agreement, abs=1e-3) and ev["not_in_out"] == 0
+
+
+def test_agreement_counts_only_the_labelled_records_out_holds(curated, corpus_dir, tmp_path):
+    """A run over part of a labelled corpus is scored on that part, not on every label."""
+    from pipeline.evaluate import agreement
+
+    out, _ = curated
+    extra = [{"sample_id": f"absent-{i}", "case": "zoom", "expected_route": "twi", "discipline": "physics"}
+             for i in range(3)]
+    lab = tmp_path / "labels.jsonl"
+    lab.write_text("".join(json.dumps(r) + "\n" for r in labels(corpus_dir) + extra))
+    ev = agreement(out, lab)
+    full = json.loads((out / "evaluation.json").read_text())
+    assert ev["labeled"] == len(labels(corpus_dir)) and ev["not_in_out"] == 3
+    assert ev["agree"] == full["agree"] and ev["agreement"] == full["agreement"]
 
 
 def test_hostile_code_is_rejected_as_sandbox_violation(curated, corpus_dir):

@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.route import route_batch
-from pipeline.shards import read_shard_file
+from pipeline.shards import read_shard_file, sql_str
 from routing.policy import RoutingPolicy
 from schemas import sample as S
 
@@ -65,7 +65,7 @@ QUALITY_WEIGHTS = {
     "visual_gain": 1.0,
     "educational_value": 1.0,
 }
-ROUTE_TIER = {"twi": 0, "text": 1, "rejected": 2}
+ROUTE_TIER = {route: tier for tier, route in enumerate(S.ROUTES)}  # twi, text, rejected
 REWRITTEN_PREFIX = "bestofn-"
 _FILE, _IDX, _FILENAME, _RANK, _BEST, _NEW_VALUE = "src_file", "src_idx", "filename", "rank", "best", "new_value"
 
@@ -81,10 +81,6 @@ def quality(row: dict[str, Any]) -> float | None:
     """The same quality in Python (for reports and tests)."""
     present = [(w, row[S.score_column(d)]) for d, w in QUALITY_WEIGHTS.items() if row.get(S.score_column(d)) is not None]
     return sum(w * s for w, s in present) / sum(w for w, _ in present) if present else None
-
-
-def _sql_str(path: str | Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def select_best(
@@ -106,13 +102,13 @@ def select_best(
         return counts
     db = work_dir / "best_of_n.duckdb"
     con = _connect(db, work_dir, memory_limit)
-    con.execute(f"CREATE TABLE groups AS SELECT * FROM read_parquet({_sql_str(groups_file)})")
+    con.execute(f"CREATE TABLE groups AS SELECT * FROM read_parquet({sql_str(groups_file)})")
     n_groups, n_members = con.execute(f"SELECT count(DISTINCT {S.DEDUP_GROUP}), count(*) FROM groups").fetchone()
     counts.update(groups=n_groups, members=n_members)
     if not n_members:
         con.close()
         return counts
-    glob = _sql_str(shards_dir / "**" / "*.parquet")
+    glob = sql_str(shards_dir / "**" / "*.parquet")
     scores = ", ".join(S.SCORE_COLUMNS)
     con.execute(f"""
         CREATE TABLE staged AS
@@ -166,7 +162,7 @@ def apply_contamination(
     con = _connect(db, work_dir, memory_limit)
     con.execute(f"CREATE TABLE bench_hits({S.SAMPLE_ID} VARCHAR, names VARCHAR[])")
     con.executemany("INSERT INTO bench_hits VALUES (?, ?)", sorted(contaminated.items()))
-    glob = _sql_str(shards_dir / "**" / "*.parquet")
+    glob = sql_str(shards_dir / "**" / "*.parquet")
     con.execute(f"""
         CREATE TABLE changes AS
         SELECT s.{_FILENAME}, s.{S.SOURCE}.{S.SRC_FILE} AS {_FILE}, s.{S.SOURCE}.{S.SRC_INDEX} AS {_IDX},
@@ -185,7 +181,7 @@ def _connect(db: Path, work_dir: Path, memory_limit: str) -> duckdb.DuckDBPyConn
     """A fresh DuckDB database file in the run's work dir that spills beyond ``memory_limit``."""
     db.unlink(missing_ok=True)
     con = duckdb.connect(str(db))
-    con.execute(f"SET temp_directory = {_sql_str(work_dir / 'duckdb-tmp')}")
+    con.execute(f"SET temp_directory = {sql_str(work_dir / 'duckdb-tmp')}")
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET threads = 2")
     return con

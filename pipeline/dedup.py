@@ -109,6 +109,7 @@ from scipy.fft import dctn
 from pipeline.config import DedupConfig, IngestConfig
 from pipeline.formats.base import InputError, RecordContext, resolve_image
 from pipeline.ingest import read_task, task_from_batch
+from pipeline.shards import sql_str
 from pipeline.sources import ReadTask
 from schemas import sample as S
 
@@ -180,11 +181,6 @@ def grey_keys(grey: np.ndarray) -> ImageKeys:
     buf = io.BytesIO()
     small_grey.save(buf, format="PPM")  # binary PGM: a header and the raw bytes (Parquet compresses it)
     return ImageKeys(value - (1 << 64) if value >= 1 << 63 else value, width / max(height, 1), buf.getvalue())
-
-
-def phash64(data: bytes) -> int:
-    """The pHash of :func:`image_keys`."""
-    return image_keys(data).phash
 
 
 def _grey(detail: bytes) -> np.ndarray:
@@ -381,10 +377,6 @@ def _band_values_sql(bits: int) -> str:
     return ", ".join(f"({b}, {s}, {m})" for b, s, m in _bands(bits))
 
 
-def _sql_str(path: str | Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def find_verdicts(
     key_files: list[str],
     cfg: DedupConfig,
@@ -433,11 +425,11 @@ def _verdicts(
         (Path(work_dir) / "dedup.duckdb").unlink(missing_ok=True)
     con = duckdb.connect(str(Path(work_dir) / "dedup.duckdb") if work_dir else ":memory:")
     if work_dir:
-        con.execute(f"SET temp_directory = {_sql_str(Path(work_dir) / 'duckdb-tmp')}")
+        con.execute(f"SET temp_directory = {sql_str(Path(work_dir) / 'duckdb-tmp')}")
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET threads = 2")
     con.execute("SET preserve_insertion_order = false")
-    files_sql = "[" + ", ".join(_sql_str(f) for f in key_files) + "]"
+    files_sql = "[" + ", ".join(sql_str(f) for f in key_files) + "]"
     con.execute(f"""
         CREATE TABLE ranked AS
         SELECT {KEY_SID}, {KEY_FILE}, {KEY_IDX}, {KEY_QKEY}, {KEY_ISHA}, {KEY_PHASH}, {KEY_ASPECT},
@@ -520,13 +512,13 @@ def _groups(con: duckdb.DuckDBPyConnection, cfg: DedupConfig, groups_path: Path)
           SELECT s.{KEY_FILE}, s.{KEY_IDX}, s.{KEY_SID}, r.{KEY_SID} AS {S.DEDUP_GROUP}
           FROM sized s JOIN reps r ON r.ord = s.g WHERE s.n > 1
           ORDER BY s.{KEY_FILE}, s.{KEY_IDX}
-        ) TO {_sql_str(groups_path)} (FORMAT parquet)""")
+        ) TO {sql_str(groups_path)} (FORMAT parquet)""")
 
 
 def read_groups(groups_path: Path) -> dict[tuple[str, int], str]:
     """(file, idx) -> dedup_group of a groups file (small inputs: tests and inspection)."""
     rows = duckdb.connect().execute(
-        f"SELECT {KEY_FILE}, {KEY_IDX}, {S.DEDUP_GROUP} FROM read_parquet({_sql_str(groups_path)})"
+        f"SELECT {KEY_FILE}, {KEY_IDX}, {S.DEDUP_GROUP} FROM read_parquet({sql_str(groups_path)})"
     ).fetchall()
     return {(f, i): g for f, i, g in rows}
 

@@ -195,11 +195,6 @@ def parse_payload(
         return invalid_row(file, index, _raw_text(payload, cfg.raw_keep_chars) or repr(exc), kind, cfg, used)
 
 
-def parse_line(line: bytes, file: str, index: int, cfg: IngestConfig) -> dict[str, Any]:
-    """One JSONL line -> one canonical row (format auto-detected per record)."""
-    return parse_payload(line, file, index, cfg)
-
-
 def _default_dataset(file: str) -> str:
     path = Path(file)
     if sources.is_hf_dataset_dir(path.parent):  # HF arrow shards are named data-0000x-of-...

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from pipeline.config import RunConfig
 from pipeline.dedup import KEY_FILE, KEY_IDX, KEY_SID
 from pipeline.ingest import KNOWN, task_flags
-from pipeline.shards import SHARDS_DIR, shard_files
+from pipeline.shards import SHARDS_DIR, shard_files, sql_str
 from pipeline.sources import ReadTask
 from schemas import sample as S
 
@@ -86,12 +86,8 @@ def first_changed_stage(previous: dict[str, str] | None, current: dict[str, str]
     return next((s for s in STAGES if previous.get(s) != current[s]), None)
 
 
-def _sql_str(path: str | Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def _shard_glob(shards: Path) -> str:
-    return f"read_parquet({_sql_str(Path(shards) / '**' / '*.parquet')}, hive_partitioning = true, filename = true)"
+    return f"read_parquet({sql_str(Path(shards) / '**' / '*.parquet')}, hive_partitioning = true, filename = true)"
 
 
 def known_and_superseded(
@@ -104,7 +100,7 @@ def known_and_superseded(
     if not prekey_files or not shard_files(previous_shards.parent):
         return {}, set()
     con = duckdb.connect()
-    files_sql = "[" + ", ".join(_sql_str(f) for f in prekey_files) + "]"
+    files_sql = "[" + ", ".join(sql_str(f) for f in prekey_files) + "]"
     con.execute(f"CREATE VIEW new AS SELECT {KEY_SID} AS sid, {KEY_FILE} AS f, {KEY_IDX} AS i FROM read_parquet({files_sql})")
     con.execute(f"""CREATE VIEW old AS SELECT {S.SAMPLE_ID} AS sid, {S.SOURCE}.{S.SRC_FILE} AS f,
                     {S.SOURCE}.{S.SRC_INDEX} AS i FROM {_shard_glob(previous_shards)}""")
@@ -157,7 +153,7 @@ def write_ledger(version_dir: Path) -> int:
         return 0
     con.execute(f"""COPY (SELECT {S.SAMPLE_ID}, {S.SOURCE}.{S.SRC_FILE} AS file, {S.SOURCE}.{S.SRC_INDEX} AS idx,
                     {S.LINEAGE}.{S.LIN_RUN_ID} AS run_id, {S.ROUTE}
-                    FROM {_shard_glob(shards)} ORDER BY file, idx) TO {_sql_str(target)} (FORMAT parquet)""")
-    n = con.execute(f"SELECT count(*) FROM read_parquet({_sql_str(target)})").fetchone()[0]
+                    FROM {_shard_glob(shards)} ORDER BY file, idx) TO {sql_str(target)} (FORMAT parquet)""")
+    n = con.execute(f"SELECT count(*) FROM read_parquet({sql_str(target)})").fetchone()[0]
     con.close()
     return n

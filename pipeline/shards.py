@@ -14,6 +14,11 @@ SHARDS_DIR = "shards"
 VIEW = "samples"
 
 
+def sql_str(path: str | Path) -> str:
+    """``path`` as a single-quoted DuckDB SQL string literal (quotes doubled)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def read_shard_file(path: Path, shards_dir: Path) -> pa.Table:
     """One shard file's rows with the hive partition columns (route, discipline) restored from
     its folders under ``shards_dir``."""
@@ -39,9 +44,9 @@ def connect(out_dir: Path) -> duckdb.DuckDBPyConnection:
         )
     con = duckdb.connect()
     if shard_files(out_dir):
-        glob = str(out_dir / SHARDS_DIR / "**" / "*.parquet").replace("'", "''")
+        glob = sql_str(out_dir / SHARDS_DIR / "**" / "*.parquet")
         con.execute(
-            f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true, "
+            f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet({glob}, hive_partitioning = true, "
             "union_by_name = true)"
         )
     else:  # a run over zero records: an empty view with the full schema

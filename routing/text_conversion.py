@@ -69,7 +69,3 @@ def to_text_sample(row: dict[str, Any]) -> tuple[str, list[str]]:
     body = "\n\n".join(steps)
     answer = (row.get(S.FINAL_ANSWER) or "").strip()
     return (f"{body}\n\n<answer>{answer}</answer>" if answer else body), flags
-
-
-def to_text_response(row: dict[str, Any]) -> str:
-    return to_text_sample(row)[0]

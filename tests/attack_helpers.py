@@ -148,8 +148,8 @@ STRICT_DIRS = (
 )
 # Shared directories other processes (other test runs, Ray, the lead) write to concurrently:
 # only entries owned by a sandbox uid or named like an attack artefact count.
-# (The project dirs are added by the test module.)
-SHARED_DIRS = ("/", "/root", "/tmp", "/dev/shm", "/run", "/var", "/work", "/mnt", "/opt", "/srv", "/home")
+# (The project dir and the folder holding it are added by the test module.)
+SHARED_DIRS = ("/", "/root", "/tmp", "/dev/shm", "/run", "/var", "/mnt", "/opt", "/srv", "/home")
 # Existing files whose size and mtime must not change.
 GUARDED_FILES = (
     "/etc/passwd",

@@ -44,7 +44,7 @@ def page(size=(900, 700), seed=0) -> Image.Image:
 @pytest.fixture(scope="module")
 def real_rows():
     if not REAL.is_dir():
-        pytest.skip(f"real data folder {REAL} is absent (see /work/shared/real-data/README.md)")
+        pytest.skip(f"real data folder {REAL} is absent (../shared/real-data beside the checkout)")
     return rows_of([REAL])
 
 

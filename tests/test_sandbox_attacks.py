@@ -1,4 +1,4 @@
-"""The standard attack list (docs: /work/shared/reference/sandbox.md) replayed against every sandbox.
+"""The standard attack list (docs: ../shared/reference/sandbox.md) replayed against every sandbox.
 
 Each test replays one hostile trajectory and asserts three things:
 
@@ -9,15 +9,20 @@ Each test replays one hostile trajectory and asserts three things:
 2. the next trajectory on the same sandbox instance is replayed correctly (state carried across
    cells, an image crop saved and returned);
 3. the host is untouched: no new entries in /etc, /usr, /root, /var/tmp, nothing owned by the
-   sandbox uid or named like an attack artefact in /tmp, /dev/shm, /work or the project, guarded
-   files unchanged, no new host mount, no process left running as the sandbox uid or in its
-   session.
+   sandbox uid or named like an attack artefact in /tmp, /dev/shm, the project or the folder
+   holding it, guarded files unchanged, no new host mount, no process left running as the
+   sandbox uid or in its session.
 
 Network targets are loopback only (127.0.0.1, ::1, "localhost") and names under ".invalid".
-An attack that succeeds is never weakened: the test asserts what happened, then fails with a
-reason starting "ESCAPE" (host data or a host channel reached: CI must go red), or marks
-``pytest.xfail`` with one starting "WEAKNESS" (a limit or the status reporting did not hold,
-nothing left the sandbox).
+An attack that succeeds is never weakened and never expected to fail: the test asserts what
+happened, then fails with a reason starting "ESCAPE" (host data or a host channel reached) or
+"LIMIT" (a limit of the sandbox did not hold). A protection that belongs to one isolation layer
+(cgroup memory limit, seccomp, the size-limited work dir) is asserted whenever
+:func:`pipeline.sandbox.levels.check_level` confirms that layer on this machine, which it does
+whenever the configured level (``replay.min_sandbox_level``, default strict) is met; only on a
+machine without the layer does the test skip, saying which layer and level are missing. Known
+limits of the *status reporting* (a cell can fake its own "ok" after the kernel refused what it
+tried) are documented in the tests concerned, which assert what really held instead.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ import pytest
 from PIL import Image
 
 import pipeline.sandbox as sandbox_pkg
+from pipeline.config import ReplayConfig
 from pipeline.sandbox import TRUNCATION_MARKER, CellOutcome, InputImage, ProcessSandbox, SandboxLimits
+from pipeline.sandbox.levels import LAYER_LABELS, SANDBOX_KINDS, SandboxCheck, check_level, level_of_layer
 from tests.attack_helpers import (
     ATTACK_MARK,
     SHADOW_LINE,
@@ -82,7 +89,7 @@ UID_BASE = {"ProcessSandbox": 50000, "ZygoteSandbox": 55000}
 TOKEN = f"{ATTACK_MARK}-{os.getpid()}"  # in the name of every file an attack tries to create
 HOST_PID = os.getpid()
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_DIRS = tuple(sorted({d for d in ("/work/main", str(REPO_ROOT)) if os.path.isdir(d)}))
+PROJECT_DIRS = (str(REPO_ROOT),)
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 SHARED_DIRS = tuple(
     dict.fromkeys(
@@ -93,6 +100,7 @@ SHARED_DIRS = tuple(
                 for d in PROJECT_DIRS
                 for sub in ("tests", "pipeline", "pipeline/sandbox")
             ),
+            str(REPO_ROOT.parent),  # beside the checkout (other checkouts, shared data)
             SITE_PACKAGES,
         ]
     )
@@ -172,6 +180,19 @@ def box(request, host):
     sandbox.close()
 
 
+# The level `twi-curate run` refuses to replay below (replay.min_sandbox_level, default strict).
+CONFIGURED_LEVEL = ReplayConfig().min_sandbox_level
+
+
+@pytest.fixture(scope="module")
+def level_check(box) -> SandboxCheck:
+    """The layers a sandbox of ``box``'s kind really applies on this machine (a probe cell confirms
+    each from inside), checked against the configured level, as `twi-curate run` does."""
+    kind = next(k for k, cls in SANDBOX_KINDS.items() if cls is type(box))
+    _ok, report = check_level(ReplayConfig(sandbox=kind, min_sandbox_level=CONFIGURED_LEVEL))
+    return report
+
+
 @dataclass
 class Replay:
     out: list[CellOutcome]
@@ -189,11 +210,24 @@ class Replay:
 class Harness:
     """Runs one attack trajectory on the shared sandbox and checks the three properties."""
 
-    def __init__(self, box, host: Host) -> None:
+    def __init__(self, box, host: Host, level_check: SandboxCheck) -> None:
         self.box = box
         self.host = host
+        self.level_check = level_check
         self.uid = getattr(box, "uid", None)
         self.uids = {self.uid} if self.uid is not None else set()
+
+    def breached(self, layer: str, failure: str) -> None:
+        """The attack got past what ``layer`` stops: the test fails whenever this machine's sandbox
+        has the layer (always so when the configured level, which includes it, is met). Only where
+        the layer is unavailable does it skip, saying what is missing."""
+        check = self.level_check
+        if check.layers.get(layer):
+            pytest.fail(failure)
+        pytest.skip(
+            f"layer {layer!r} ({LAYER_LABELS.get(layer, layer)}, level {level_of_layer(layer)}) is not "
+            f"active on this machine: {check.summary()}; without it: {failure}"
+        )
 
     def _leaks(self, text: str) -> list[str]:
         found = [s for s in (self.host.secret_env, self.host.secret_file_text) if s in text]
@@ -273,8 +307,8 @@ class Harness:
 
 
 @pytest.fixture
-def h(box, host) -> Harness:
-    harness = Harness(box, host)
+def h(box, host, level_check) -> Harness:
+    harness = Harness(box, host, level_check)
     assert harness.uids, "the sandbox must expose the uid it runs the cells as"
     assert sandbox_processes(harness.uids) == [], "stray sandbox processes before the test"
     return harness
@@ -369,13 +403,14 @@ def test_memory_split_across_processes(h):
             expect=[("forbidden", "memory", "killed", "timeout"), ("ok", "skipped")],
         )
     assert r.out[0].status != "forbidden" or "os.fork" in r.out[0].error
+    assert mem.peak_processes >= 1, "the sampler never saw the sandbox"
     limit = LIMITS.memory_mb << 20
     if mem.peak_bytes > 1.1 * limit:
-        pytest.xfail(
-            f"WEAKNESS: no per-trajectory memory limit (cgroup): {mem.peak_processes} sandbox processes "
-            f"held {mem.peak_bytes >> 20} MB (PSS) at once, memory_mb={LIMITS.memory_mb}"
+        h.breached(
+            "cgroup_memory",
+            f"LIMIT: no per-trajectory memory limit: {mem.peak_processes} sandbox processes held "
+            f"{mem.peak_bytes >> 20} MB (PSS) at once, memory_mb={LIMITS.memory_mb}",
         )
-    assert mem.peak_processes >= 1, "the sampler never saw the sandbox"
 
 
 @pytest.mark.timeout(60)
@@ -447,10 +482,12 @@ def test_disk_fill(h):
     assert DiskUse(work_fs).start_free > disk.start_free - (256 << 20)  # the work dir was removed
     first = r.out[0]
     if disk.peak_bytes > DISK_QUOTA_BYTES:
-        pytest.xfail(
-            f"WEAKNESS: no disk quota on the work dir: the trajectory put {disk.peak_bytes >> 20} MB on the "
+        # the work dir is a size-limited tmpfs inside the sandbox's mount namespace (private /tmp)
+        h.breached(
+            "read_only_filesystem",
+            f"LIMIT: no disk quota on the work dir: the trajectory put {disk.peak_bytes >> 20} MB on the "
             f"host disk ({work_fs}) in {first.duration_ms / 1000:.1f} s, status {first.status!r}; only "
-            "RLIMIT_FSIZE per file and the wall clock bound it"
+            "RLIMIT_FSIZE per file and the wall clock bound it",
         )
     assert first.status in ("error", "memory", "timeout", "killed"), first.status
     assert not first.stdout.startswith(f"written {DISK_ATTEMPT_BYTES}")
@@ -787,9 +824,10 @@ def test_environment_and_memory_secrets(h):
         assert r.out[3].stdout == "scanned True []\n"
     assert memory.scanned and max(memory.scanned.values()) > 0, "the host-side memory scan saw nothing"
     if memory.hits:
-        pytest.xfail(
-            f"WEAKNESS: the parent's secret sits in the sandbox worker's memory ({memory.hits[:5]}), "
-            "unreachable by the cell today but inherited (zygote environment/memory not clean)"
+        h.breached(
+            "clean_environment",
+            f"LIMIT: the parent's secret sits in the sandbox worker's memory ({memory.hits[:5]}), "
+            "unreachable by the cell today but inherited (zygote environment/memory not clean)",
         )
 
 
@@ -999,9 +1037,10 @@ def test_ctypes_namespace_calls(h):
     for step in ("bind_root", "umount_copy", "umount_tmp", "remount_rw"):
         assert child[step] != 0, child
     if child["unshare"] == 0:
-        pytest.xfail(
-            "WEAKNESS: unshare(CLONE_NEWUSER|CLONE_NEWNS) succeeded in the cell (no seccomp): it gets "
-            f"root in a new user namespace (kernel attack surface); the host mounts stayed locked: {child}"
+        h.breached(
+            "seccomp",
+            "LIMIT: unshare(CLONE_NEWUSER|CLONE_NEWNS) succeeded in the cell (no seccomp): it gets "
+            f"root in a new user namespace (kernel attack surface); the host mounts stayed locked: {child}",
         )
 
 
@@ -1091,12 +1130,12 @@ def test_png_bomb_smuggled_to_the_parent(h):
     )
     r = h.run([smuggle, "print('after')"], expect=[None, "ok"], images_checked_by_test=True)
     sizes = [png_dimensions(data) for o in r.out for _, data in o.images]
-    if any(w * ht > 64 * 1024 * 1024 for w, ht in sizes):
-        pytest.xfail(
-            f"WEAKNESS: the parent returned a decompression-bomb PNG {sizes} ({len(r.out[0].images[0][1])} "
-            "bytes) to the pipeline: it checks the PNG signature but not the IHDR dimensions, and the "
-            "in-child pixel limit can be switched off by the cell"
-        )
+    # the parent's own check of the IHDR dimensions, whatever the cell switched off in the child
+    bombs = [(w, ht) for w, ht in sizes if w * ht > 64 * 1024 * 1024]
+    assert not bombs, (
+        f"LIMIT: the parent returned decompression-bomb PNGs {bombs} to the pipeline: the in-child "
+        "pixel limit was switched off by the cell and the parent did not check the IHDR dimensions"
+    )
     assert r.out[0].status in ("ok", "error", "forbidden")
 
 
@@ -1127,6 +1166,14 @@ def test_proc_mem_writes(h):
 
 @pytest.mark.timeout(60)
 def test_fake_status_by_patching_the_send_function(h):
+    """The cell rewrites the runner's ``send_message`` so that its refused read of /etc/shadow is
+    reported "ok" instead of "forbidden".
+
+    Known limit of the status reporting, not an escape: the status of a cell the kernel refused is
+    reported by the process that ran the cell, so the cell can fake "ok". What holds, and is
+    asserted: the read itself failed (the kernel's permission check, not the report), no shadow
+    line reached any output, the statuses the *parent* decides (killed, timeout) cannot be faked,
+    and the patch does not outlive the trajectory (the harness's benign replay that follows)."""
     patch = cell(
         """
         import sys
@@ -1145,17 +1192,19 @@ def test_fake_status_by_patching_the_send_function(h):
     suicide = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"  # judged by the parent
     r = h.run([patch, suicide], expect=[None, "killed"])
     assert r.out[0].stdout == "denied PermissionError\n"  # the read itself failed
-    if r.out[0].status == "ok":
-        pytest.xfail(
-            "WEAKNESS: the cell rewrote the runner's send_message and its forbidden attempt was "
-            "reported as ok (statuses are self-reported by the process running the code); "
-            "parent-decided statuses (killed, timeout) still hold"
-        )
-    assert r.out[0].status == "forbidden"
+    assert r.out[0].status in ("forbidden", "ok")  # "ok": the faked report (docstring)
+    # cell 1's "killed" (checked by h.run) is decided by the parent: the patched sender cannot change it
 
 
 @pytest.mark.timeout(60)
 def test_fake_status_by_silencing_the_policy_monitor(h):
+    """The cell switches off the in-process audit-hook monitor (found through gc), then tries
+    setuid(0), reading /etc/shadow and writing to /etc: the three attempts are reported "ok".
+
+    Known limit of the status reporting, not an escape: the monitor only *reports* attempts, and it
+    runs in the process the cell controls. The kernel layers (unprivileged uid, no_new_privs,
+    read-only filesystem) refused all three, and that is asserted: each attempt raised, the ids
+    are still the sandbox's, /etc has no new file, no shadow line reached any output."""
     silence = cell(
         """
         import gc, os
@@ -1168,18 +1217,16 @@ def test_fake_status_by_silencing_the_policy_monitor(h):
                 attempt()
             except OSError as e:
                 print('denied', type(e).__name__)
+        print('ids', *os.getresuid(), *os.getresgid())
         """,
         token=TOKEN,
     )
     suicide = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"  # judged by the parent
     r = h.run([silence, suicide], expect=[None, "killed"])
-    assert r.out[0].stdout.count("denied") == 3
-    if r.out[0].status == "ok":
-        pytest.xfail(
-            "WEAKNESS: the cell disabled the in-process audit-hook monitor through gc and three "
-            "refused attempts (setuid, /etc/shadow, write to /etc) were reported as ok"
-        )
-    assert r.out[0].status == "forbidden"
+    assert r.out[0].stdout.count("denied") == 3, r.out[0]
+    assert f"ids {' '.join([str(h.uid)] * 6)}\n" in r.out[0].stdout, r.out[0].stdout  # privileges unchanged
+    assert not os.path.exists(f"/etc/{TOKEN}")
+    assert r.out[0].status in ("forbidden", "ok")  # "ok": the faked report (docstring)
 
 
 @pytest.mark.timeout(60)

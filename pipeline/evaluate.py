@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.shards import VIEW, connect
+from pipeline.shards import VIEW, connect, sql_str
 from schemas import sample as S
 
 LABELS_FILE = "labels.jsonl"
@@ -26,8 +26,7 @@ def agreement(out_dir: Path, labels: Path) -> dict[str, Any]:
     corpus, e.g. --limit or a subset file beside its labels.jsonl, is scored on that part; the
     labels without a row are counted as ``not_in_out``)."""
     con = connect(out_dir)
-    lab = str(labels).replace("'", "''")
-    con.execute(f"CREATE TEMP VIEW labels AS SELECT * FROM read_json_auto('{lab}')")
+    con.execute(f"CREATE TEMP VIEW labels AS SELECT * FROM read_json_auto({sql_str(labels)})")
     rows = con.execute(
         f"SELECT l.sample_id, l.case, l.expected_route, s.{S.ROUTE}, s.{S.ROUTE_REASONS} "
         f"FROM labels l JOIN {VIEW} s ON s.{S.SAMPLE_ID} = l.sample_id ORDER BY l.sample_id"

@@ -176,7 +176,7 @@ def main() -> None:
         result = limit_worker(corpus) if kind == "limit" else pipeline_worker(corpus, int(args.worker[2]), Path(args.worker[3]))
         print(json.dumps(result))
         return
-    from pipeline.sandbox.process import MALLOC_TUNABLES
+    from pipeline.sandbox.parent import MALLOC_TUNABLES
 
     corpus = corpus_path(args.n)
     with tempfile.TemporaryDirectory(prefix="twi-bench-pipeline-") as tmp:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.sandbox.process import MALLOC_TUNABLES  # noqa: E402 - the sandbox's malloc settings, for (a) and (c)
+from pipeline.sandbox.parent import MALLOC_TUNABLES  # noqa: E402 - the sandbox's malloc settings, for (a) and (c)
 
 PRELOAD = (
     "import numpy, cv2, scipy.ndimage, skimage, skimage.filters, skimage.measure, skimage.morphology, "

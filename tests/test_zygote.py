@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from pipeline.config import ReplayConfig
 from pipeline.sandbox import InputImage, SandboxLimits, ZygoteSandbox
 from pipeline.sandbox.levels import LAYER_LABELS, LEVELS, check_level
-from pipeline.sandbox.process import PROJECT_ROOT
+from pipeline.sandbox.parent import PROJECT_ROOT
 from tests.attack_helpers import processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox tests run as root")

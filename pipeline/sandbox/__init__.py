@@ -7,6 +7,12 @@ one pre-imported zygote, ~15 ms per trajectory) and :class:`ProcessSandbox` (lev
 fresh interpreter per trajectory, ~0.7 s). :mod:`pipeline.sandbox.levels` defines the isolation
 levels (strict, standard, weak) and :func:`check_level`, which starts a sandbox and reads back
 which layers it really applied.
+
+Layout: :mod:`~pipeline.sandbox.parent` is the parent's side shared by both levels (work dir,
+cgroups, wall-clock kill, message validation), :mod:`~pipeline.sandbox.protocol` the wire
+protocol both sides import, ``runner.py`` the child's entry point and :mod:`pipeline.sandbox.child`
+its code (worker, init, zygote), built on :mod:`~pipeline.sandbox.isolation`. The child imports
+none of this ``__init__`` (see ``runner.py``).
 """
 
 from pipeline.sandbox.base import (
@@ -20,14 +26,14 @@ from pipeline.sandbox.base import (
     SandboxLimits,
     SandboxUnavailableError,
 )
-from pipeline.sandbox.process import (
+from pipeline.sandbox.parent import (
     DEFAULT_REQUIRED_LAYERS,
     DISABLE_ENV,
     ChildSandbox,
-    ProcessSandbox,
     disabled_layers,
     isolation_report,
 )
+from pipeline.sandbox.process import ProcessSandbox
 from pipeline.sandbox.zygote import ZygoteSandbox
 
 __all__ = [

@@ -1,8 +1,9 @@
 """The replay-sandbox interface shared by every isolation level.
 
 The replay stage only sees :class:`Sandbox`, :class:`SandboxLimits`, :class:`InputImage` and
-:class:`CellOutcome`; level 1 (:class:`pipeline.sandbox.process.ProcessSandbox`, one fresh child
-process per trajectory) and the later zygote fork-server implement the same protocol.
+:class:`CellOutcome`; level "process" (:class:`pipeline.sandbox.process.ProcessSandbox`, one fresh
+child process per trajectory) and level "zygote" (:class:`pipeline.sandbox.zygote.ZygoteSandbox`)
+implement the same protocol.
 """
 
 from __future__ import annotations
@@ -10,14 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from pipeline.sandbox.protocol import (  # what the child reports, defined with the wire protocol
+    STATUS_ERROR,
+    STATUS_FORBIDDEN,
+    STATUS_MEMORY,
+    STATUS_OK,
+)
+from pipeline.sandbox.protocol import STDERR_MARKER as STDERR_MARKER
+from pipeline.sandbox.protocol import TRUNCATION_MARKER as TRUNCATION_MARKER
+
 # Status of one replayed cell (schemas.sample.CELL_STATUSES adds "replay_env", which only the replay
-# stage sets, on an "error" the replay environment caused: see pipeline.replay).
-STATUS_OK = "ok"
-STATUS_ERROR = "error"
+# stage sets, on an "error" the replay environment caused: see pipeline.replay). The child reports
+# ok, error, memory and forbidden (protocol.CHILD_STATUSES); the parent decides the others.
 STATUS_TIMEOUT = "timeout"
-STATUS_MEMORY = "memory"
 STATUS_KILLED = "killed"
-STATUS_FORBIDDEN = "forbidden"
 STATUS_SKIPPED = "skipped"
 CELL_STATUSES = (
     STATUS_OK,
@@ -28,13 +35,6 @@ CELL_STATUSES = (
     STATUS_FORBIDDEN,
     STATUS_SKIPPED,
 )
-# Statuses the child itself may report for a cell; the others are decided by the parent.
-CHILD_STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_MEMORY, STATUS_FORBIDDEN)
-
-# Separates captured stdout from captured stderr in CellOutcome.stdout.
-STDERR_MARKER = "\n[stderr]\n"
-# Prefix of the line appended when output was cut at SandboxLimits.max_output_bytes.
-TRUNCATION_MARKER = "\n[output truncated:"
 
 
 class SandboxError(RuntimeError):

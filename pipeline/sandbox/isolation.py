@@ -1,8 +1,9 @@
 """Isolation steps shared by every replay-sandbox level (standard library only).
 
-Used by the sandbox child (``runner.py``, a script started with ``-P``, loads this file next to
-it) for both levels: :class:`~pipeline.sandbox.process.ProcessSandbox` runs these steps in a fresh
-interpreter, :class:`~pipeline.sandbox.zygote.ZygoteSandbox` in a fork of its pre-imported zygote.
+Used by the sandbox child (:mod:`pipeline.sandbox.child`, started as ``runner.py``) for both
+levels: :class:`~pipeline.sandbox.process.ProcessSandbox` runs these steps in a fresh interpreter,
+:class:`~pipeline.sandbox.zygote.ZygoteSandbox` in a fork of its pre-imported zygote. The parent
+side uses only :func:`world_traversable`.
 Every step is a small function that either applies its layer and returns True (after reading the
 result back from the kernel where that is cheap) or raises ``OSError``; the caller records the
 layer as missing instead of failing the start, and the parent decides whether that is acceptable.
@@ -26,6 +27,8 @@ import os
 import resource
 import signal
 import sys
+
+from pipeline.sandbox.protocol import EXIT_ORPHANED, EXIT_SETUP_FAILED
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
@@ -60,9 +63,6 @@ PR_GET_NO_NEW_PRIVS = 39
 PR_SET_NO_NEW_PRIVS = 38
 ADDR_NO_RANDOMIZE = 0x0040000
 
-EXIT_ORPHANED = 70  # the parent died before we could arm the parent-death signal
-EXIT_SETUP_FAILED = 71  # an isolation step failed before any model code ran
-EXIT_PROTOCOL = 72  # the request pipe broke or carried garbage
 
 # Host directories never masked even if they are the parent's cwd or $HOME: the interpreter and
 # the system need them (the cells' view of them is read-only anyway).
@@ -444,7 +444,7 @@ def _copy_file(src_dir: int, name: str, target: str, uid: int | None, gid: int |
         os.close(fd_in)
 
 
-def host_dirs_to_mask(candidates: list[str]) -> list[str]:
+def maskable_dirs(candidates: list[str]) -> list[str]:
     """The existing directories among ``candidates`` that may be masked (real paths, outermost).
 
     Never ``/``, the system trees (/usr, /etc, /var, /tmp ...), the interpreter's installation,
@@ -499,7 +499,7 @@ def mask_host_dirs(
     read-only tmpfs (mode 0755) the same way. Returns the masked directories.
     """
     extra = top_level_dirs_to_mask(allow) if allow is not None else []
-    masks = {m: "711" for m in _outermost([*host_dirs_to_mask(candidates), *extra])}
+    masks = {m: "711" for m in _outermost([*maskable_dirs(candidates), *extra])}
     interp = interpreter_paths()
     for path in scratch:
         real = os.path.realpath(path)
@@ -587,7 +587,7 @@ def preimport_libraries(modules: tuple[str, ...] = PRELOAD_MODULES) -> list[str]
     return failed
 
 
-def _world_traversable(path: str) -> bool:
+def world_traversable(path: str) -> bool:
     """True if "others" may search ``path`` and every ancestor (what the dropped uid gets)."""
     current = os.path.abspath(path)
     while True:
@@ -618,7 +618,7 @@ def expose_unreadable_sys_path() -> list[int]:
     for entry in sys.path:
         if not entry or not os.path.isdir(entry):
             continue
-        if _world_traversable(entry):
+        if world_traversable(entry):
             new_path.append(entry)
             continue
         try:

@@ -13,7 +13,7 @@ Levels (each includes the one before):
 back which layers the child applied and what the cell observes from inside; ``twi-curate sandbox
 check`` prints it and ``twi-curate run`` refuses to start below ``replay.min_sandbox_level``
 unless ``--allow-weak-sandbox``. ``TWI_SANDBOX_DISABLE=seccomp,cgroups`` (any layer names of
-:data:`~pipeline.sandbox.process.DISABLEABLE_LAYERS`) simulates a weaker machine.
+:data:`~pipeline.sandbox.parent.DISABLEABLE_LAYERS`) simulates a weaker machine.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.sandbox.base import Sandbox, SandboxError, SandboxLimits
-from pipeline.sandbox.process import DISABLE_ENV, PROJECT_ROOT, ProcessSandbox, disabled_layers
+from pipeline.sandbox.parent import DISABLE_ENV, PROJECT_ROOT, disabled_layers
+from pipeline.sandbox.process import ProcessSandbox
 from pipeline.sandbox.zygote import ZygoteSandbox
 
 if TYPE_CHECKING:

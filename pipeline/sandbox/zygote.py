@@ -1,6 +1,7 @@
 """Replay sandbox, level "zygote": a pre-imported fork server per sandbox.
 
-:class:`ZygoteSandbox` starts one long-lived zygote (``runner.py --zygote``) with a clean
+:class:`ZygoteSandbox` starts one long-lived zygote (``runner.py --zygote``, the child side is
+:mod:`pipeline.sandbox.child.zygote`) with a clean
 environment (nothing of the parent's environment, fixed ``PYTHONHASHSEED``, one BLAS thread),
 which imports the image libraries once, warms their lazy parts, builds the seccomp filter and
 joins the sandbox's cgroups (its forks are born inside). Each trajectory's init is a fork of the
@@ -10,7 +11,7 @@ masked host dirs, private /proc), then binds the trajectory's work dir and forks
 sets rlimits, drops privileges, loads the seccomp filter and runs the cells statefully with the
 same worker code (statuses, image capture, output caps, policy monitor). Everything else (work
 dir, wall-clock kill, message validation, cgroup OOM classification) is the shared parent side in
-:class:`~pipeline.sandbox.process.ChildSandbox`.
+:class:`~pipeline.sandbox.parent.ChildSandbox`.
 
 Per trajectory this costs two forks of a warm process instead of a fresh interpreter that imports
 numpy, OpenCV, PIL, matplotlib, SciPy and scikit-image (~15-25 ms instead of ~0.7-1 s;
@@ -31,26 +32,30 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import time
 import weakref
 from dataclasses import asdict
 
 from pipeline.sandbox.base import InputImage, SandboxError, SandboxLimits
-from pipeline.sandbox.process import (
-    _HEADER,
-    RUNNER_PATH,
-    ChildSandbox,
-    _Child,
-    _clean_env,
+from pipeline.sandbox.parent import ChildHandle, ChildSandbox, child_command, child_environment, read_log_tail
+from pipeline.sandbox.protocol import (
+    EXIT_STATUS,
+    HEADER,
+    MAX_CONFIG_BYTES,
+    MAX_READY_BYTES,
+    MSG_READY,
+    OP_CONFIG,
+    PID_REPLY,
+    SPAWN_WITH_PID_NAMESPACE,
+    SPAWN_WITHOUT_PID_NAMESPACE,
+    ProtocolError,
+    decode_message,
+    encode_message,
+    message_length,
 )
 
-_PID_REPLY = struct.Struct(">i")  # runner.PID_REPLY
-_STATUS = struct.Struct(">i")  # runner.STATUS
 _SPAWN_TIMEOUT_S = 10.0  # how long the zygote may take to fork
-_MAX_CONFIG_BYTES = 60_000  # the config goes into the request pipe before anyone reads it
-_LOG_TAIL_BYTES = 2048
 
 
 class _ZygoteGone(Exception):
@@ -83,8 +88,8 @@ class _ForkedInit:
         except OSError:
             data = b""
         self._buf += data
-        if len(self._buf) >= _STATUS.size:
-            (self.returncode,) = _STATUS.unpack(self._buf[: _STATUS.size])
+        if len(self._buf) >= EXIT_STATUS.size:
+            (self.returncode,) = EXIT_STATUS.unpack(self._buf[: EXIT_STATUS.size])
             self.clean_exit = True
             return True
         if not data:
@@ -138,10 +143,7 @@ class _Zygote:
         try:
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(
-                    [
-                        python, "-s", "-P", "-B", str(RUNNER_PATH), "--zygote",
-                        json.dumps({**config, "ctl_fd": child_sock.fileno()}),
-                    ],  # fmt: skip
+                    child_command(python, "--zygote", json.dumps({**config, "ctl_fd": child_sock.fileno()})),
                     env=env,
                     cwd="/",
                     stdin=subprocess.DEVNULL,
@@ -165,13 +167,7 @@ class _Zygote:
         return zygote
 
     def log_tail(self) -> str:
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - _LOG_TAIL_BYTES))
-                return fh.read().decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
+        return read_log_tail(self.log_path)
 
     def _recv_exact(self, n: int, deadline: float) -> bytes:
         chunks, need = [], n
@@ -200,14 +196,16 @@ class _Zygote:
     def _await_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         try:
-            (length,) = _HEADER.unpack(self._recv_exact(_HEADER.size, deadline))
-            if length > 1 << 20:
-                raise SandboxError("the sandbox zygote sent an oversized ready message")
-            msg = json.loads(self._recv_exact(length, deadline))
-        except (TimeoutError, _ZygoteGone, ValueError) as exc:
+            header = self._recv_exact(HEADER.size, deadline)
+            try:
+                length = message_length(header, MAX_READY_BYTES)
+            except ProtocolError as exc:
+                raise SandboxError("the sandbox zygote sent an oversized ready message") from exc
+            msg = decode_message(self._recv_exact(length, deadline))
+        except (TimeoutError, _ZygoteGone, ProtocolError) as exc:
             what = "did not start in time" if isinstance(exc, TimeoutError) else "failed to start"
             raise SandboxError(f"the sandbox zygote {what}: {self.log_tail()[-1500:]}") from exc
-        if not isinstance(msg, dict) or msg.get("type") != "ready":
+        if msg.get("type") != MSG_READY:
             raise SandboxError("the sandbox zygote sent no ready message")
         notes = msg.get("notes")
         self.notes = [str(n)[:1000] for n in notes[:100]] if isinstance(notes, list) else []
@@ -219,8 +217,8 @@ class _Zygote:
 
     def spawn(self, config: dict, log_path: str, pid_namespace: bool) -> tuple[int, int, int, int]:
         """Fork a trajectory's init; returns (pid, request pipe, response pipe, status pipe)."""
-        data = json.dumps(config, ensure_ascii=True).encode("ascii")
-        if len(data) > _MAX_CONFIG_BYTES:
+        data = encode_message(config)
+        if len(data) > MAX_CONFIG_BYTES:
             raise SandboxError(f"trajectory configuration too large ({len(data)} bytes)")
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
@@ -228,11 +226,11 @@ class _Zygote:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         ok = False
         try:
-            os.write(req_w, _HEADER.pack(len(data)) + data)  # fits the empty pipe: never blocks
-            flag = b"P" if pid_namespace else b"N"
+            os.write(req_w, data)  # fits the empty pipe: never blocks
+            flag = SPAWN_WITH_PID_NAMESPACE if pid_namespace else SPAWN_WITHOUT_PID_NAMESPACE
             try:
                 socket.send_fds(self.sock, [flag], [req_r, resp_w, status_w, log_fd])
-                (pid,) = _PID_REPLY.unpack(self._recv_exact(_PID_REPLY.size, time.monotonic() + _SPAWN_TIMEOUT_S))
+                (pid,) = PID_REPLY.unpack(self._recv_exact(PID_REPLY.size, time.monotonic() + _SPAWN_TIMEOUT_S))
             except (OSError, TimeoutError) as exc:
                 raise _ZygoteGone from exc
             if pid <= 0:
@@ -303,7 +301,7 @@ class ZygoteSandbox(ChildSandbox):
             "disabled": sorted(self.disabled),
             "preload": self.preload,
             "cgroups": self.cgroup.child_config() if self.cgroup is not None else {},
-            # for the pre-forked init of the next trajectory (see runner._standby_init)
+            # for the pre-forked init of the next trajectory (see pipeline.sandbox.child.zygote)
             "base_dir": self._base,
             "mask_dirs": self._mask_dirs,
             # settings of every trajectory's worker, so the standby init can fork it in advance
@@ -311,7 +309,7 @@ class ZygoteSandbox(ChildSandbox):
         }
         zygote = _Zygote.start(
             self.python,
-            _clean_env(self._base, self._mpl_dir),
+            child_environment(self._base, self._mpl_dir),
             os.path.join(self._base, "zygote.log"),
             config,
             self.start_timeout_s,
@@ -323,8 +321,8 @@ class ZygoteSandbox(ChildSandbox):
         self.zygote_startup_ms = zygote.startup_ms
         return zygote
 
-    def _spawn(self, work_dir: str, ctl_dir: str, images: list[InputImage]) -> _Child:
-        config = {"op": "config", **self._child_config(work_dir, images)}
+    def _spawn(self, work_dir: str, ctl_dir: str, images: list[InputImage]) -> ChildHandle:
+        config = {"op": OP_CONFIG, **self._child_config(work_dir, images)}
         log_path = os.path.join(ctl_dir, "child.log")
         for attempt in range(2):
             zygote = self._ensure_zygote()
@@ -338,7 +336,7 @@ class ZygoteSandbox(ChildSandbox):
                 if attempt:
                     raise SandboxError(f"the sandbox zygote died while forking a trajectory: {tail[-1000:]}") from None
         self.last_pid = pid
-        child = _Child(_ForkedInit(pid, status_r), req_w, resp_r, log_path)
+        child = ChildHandle(_ForkedInit(pid, status_r), req_w, resp_r, log_path)
         child.oom_before = oom_before
         return child
 

@@ -535,3 +535,47 @@ def test_new_limits_are_validated():
     for field in ("work_dir_mb", "max_output_pixels"):
         with pytest.raises(ValueError, match=field):
             SandboxLimits(**{field: 0})
+
+
+def _zygote_children(parent: int) -> list[int]:
+    """Pids of sandbox zygotes (runner.py --zygote) whose parent is ``parent``."""
+    found = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+            ppid = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"pipeline/sandbox/runner.py" in cmd and b"--zygote" in cmd:
+            found.append(int(p))
+    return found
+
+
+def test_a_zygote_killed_while_it_starts_is_started_again():
+    """A fault during start-up (seen in CI: a zygote SIGKILLed before its ready message made the
+    restarted replay actor's creation fail) costs a second start, not the actor."""
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set() and not killed:
+            for pid in _zygote_children(os.getpid()):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.002)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    box = ZygoteSandbox(uid=UID, gid=UID)
+    try:
+        stop.set()
+        t.join(5)
+        assert killed, "the zygote was never seen starting"
+        assert box.zygote_pid not in killed and box.zygote_starts == 1  # the second start counts once
+        out = box.replay(["print(6 * 7)"], [])
+        assert [o.status for o in out] == ["ok"] and out[0].stdout == "42\n"
+    finally:
+        box.close()

@@ -58,6 +58,9 @@ from pipeline.sandbox.protocol import (
 _SPAWN_TIMEOUT_S = 10.0  # how long the zygote may take to fork
 
 
+START_ATTEMPTS = 3  # a zygote that dies while it starts is started again, at most this often
+
+
 class _ZygoteGone(Exception):
     pass
 
@@ -307,13 +310,21 @@ class ZygoteSandbox(ChildSandbox):
             # settings of every trajectory's worker, so the standby init can fork it in advance
             "worker": {"limits": asdict(self.limits), "uid": self.uid, "gid": self.gid},
         }
-        zygote = _Zygote.start(
-            self.python,
-            child_environment(self._base, self._mpl_dir),
-            os.path.join(self._base, "zygote.log"),
-            config,
-            self.start_timeout_s,
-        )
+        for attempt in range(START_ATTEMPTS):
+            try:
+                zygote = _Zygote.start(
+                    self.python,
+                    child_environment(self._base, self._mpl_dir),
+                    os.path.join(self._base, "zygote.log"),
+                    config,
+                    self.start_timeout_s,
+                )
+                break
+            except SandboxError as exc:
+                # A zygote killed while it starts (a fault, the OOM killer) is started again; one
+                # that cannot start (its log says why) fails every attempt and the error stands.
+                if not isinstance(exc.__cause__, _ZygoteGone) or attempt == START_ATTEMPTS - 1:
+                    raise
         self._zygote = zygote
         self._zygote_finalizer = weakref.finalize(self, zygote.stop)
         self.zygote_starts += 1

@@ -123,6 +123,8 @@ def replay_pool_size(cfg: RunConfig) -> int:
 
 
 TASK_CPUS = 0.25  # each stateless task stage (ingest, route); both must fit beside the actor pools
+
+
 def task_concurrency() -> int:
     """How many tasks of one task stage (ingest, route) run at once: one per CPU. Their small
     CPU request (TASK_CPUS) keeps them schedulable beside the actor pools, but uncapped it lets

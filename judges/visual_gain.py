@@ -25,11 +25,13 @@ code but no produced images scores 0, a sample without input images cannot be sc
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import cv2
@@ -85,17 +87,21 @@ def _view(gray: np.ndarray, a: float, sigma: float, x: int = 0, y: int = 0) -> V
 
 
 class Prepared:
-    """An input image with its blurred search thumbnails, built once and reused for every produced
-    image compared against it (the judge keeps a few of these per input sha256)."""
+    """An input image with its blurred search thumbnails, built once (when a search first needs
+    them: a verified code box needs none) and reused for every produced image compared against it
+    (the judge keeps a few of these per input sha256)."""
 
     def __init__(self, gray: np.ndarray):
         self.gray = gray
         self.shape = gray.shape
-        H, W = gray.shape
-        a = min(1.0, MID_SIDE / max(H, W))
-        self.mid = _view(gray, a, 1.5)
-        b = min(1.0, COARSE_SIDE / max(H, W))
-        self.coarse = _view(gray, b, 1.0)
+
+    @cached_property
+    def mid(self) -> View:
+        return _view(self.gray, min(1.0, MID_SIDE / max(self.shape)), 1.5)
+
+    @cached_property
+    def coarse(self) -> View:
+        return _view(self.gray, min(1.0, COARSE_SIDE / max(self.shape)), 1.0)
 
 
 class _Output:
@@ -176,17 +182,23 @@ def _proposals(ref: Prepared, out: _Output) -> list[Registration]:
     return proposals
 
 
+def _fine_view(ref: Prepared, box: tuple[int, int, int, int]) -> View:
+    """The input around ``box`` (padded by 15 % of its long side + 8 px) at up to full resolution,
+    scaled so that the box's long side is at most FINE_SIDE px."""
+    H, W = ref.shape
+    x, y, w, h = box
+    pad = round(0.15 * max(w, h) + 4 * max(1.0, max(H, W) / MID_SIDE))
+    x0, y0 = max(0, x - pad), max(0, y - pad)
+    x1, y1 = min(W, x + w + pad), min(H, y + h + pad)
+    return _view(ref.gray[y0:y1, x0:x1], FINE_SIDE / max(w, h, 1), 1.0, x0, y0)
+
+
 def _refine(ref: Prepared, out: _Output, best: Registration) -> Registration | None:
     """Scales best·2^(i/64), |i| <= 9, in the input cropped around ``best`` and seen at up to
     full resolution (the region's long side at most FINE_SIDE px): steps of 6/64, then 3/64 and
     1/64 around the best so far (the correlation is unimodal in scale near a match), then the
     COMMON_ZOOMS and whole-image resize scales within 1.5/64 of the result."""
-    H, W = ref.shape
-    x, y, w, h = best.box
-    pad = round(0.15 * max(w, h) + 4 / ref.mid[1])
-    x0, y0 = max(0, x - pad), max(0, y - pad)
-    x1, y1 = min(W, x + w + pad), min(H, y + h + pad)
-    view = _view(ref.gray[y0:y1, x0:x1], FINE_SIDE / max(w, h, 1), 1.0, x0, y0)
+    view = _fine_view(ref, best.box)
     k0, cur = best.zoom_k, None
     for offsets in ((-6, 0, 6), (-3, 3), (-1, 1)):
         centre = 0 if cur is None else round(64 * math.log2(cur.zoom_k / k0))
@@ -201,8 +213,66 @@ def _refine(ref: Prepared, out: _Output, best: Registration) -> Registration | N
     return _best([cur, *(r for k in snaps if (r := _match(view, out, k)) and r.corr >= cur.corr - 1e-3)])
 
 
-def register(original: np.ndarray | Prepared, output: np.ndarray) -> Registration | None:
+def code_boxes(code: str) -> list[tuple[float, float, float, float]]:
+    """Boxes a trajectory's code spells out: every tuple or list of four number literals
+    ``(left, upper, right, lower)`` with left < right and upper < lower (PIL's ``crop`` box, a
+    ``bbox_2d``), and every 2-D slice with literal bounds ``a[y0:y1, x0:x1]``, in code order.
+    Hints only: :func:`register` checks each against the pixels before it uses one."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return []
+
+    def num(node: ast.AST | None) -> float | None:
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return float(node.value)
+        return None
+
+    boxes: list[tuple[float, float, float, float]] = []
+    for node in ast.walk(tree):
+        values: list[float | None] = []
+        if isinstance(node, ast.Tuple | ast.List) and len(node.elts) == 4:
+            values = [num(e) for e in node.elts]
+        elif (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Tuple) and len(node.slice.elts) >= 2
+              and all(isinstance(e, ast.Slice) and e.step is None for e in node.slice.elts[:2])):
+            ys, xs = node.slice.elts[:2]
+            values = [num(xs.lower), num(ys.lower), num(xs.upper), num(ys.upper)]
+        if len(values) == 4 and all(v is not None for v in values):
+            x0, y0, x1, y1 = values
+            if 0 <= x0 < x1 and 0 <= y0 < y1:
+                boxes.append((x0, y0, x1, y1))
+    return list(dict.fromkeys(boxes))
+
+
+def _from_hint(ref: Prepared, out: _Output, box: tuple[float, float, float, float]) -> Registration | None:
+    """The registration near a box the code named, when the pixels confirm it (refined as the
+    search's last step, correlation >= SURE_CORR); None otherwise."""
+    H, W = ref.shape
+    h, w = out.shape
+    x0, y0, x1, y1 = box
+    bw, bh = min(x1, W) - x0, min(y1, H) - y0
+    if bw < MIN_TEMPLATE or bh < MIN_TEMPLATE:
+        return None
+    k = w / bw
+    if abs(math.log2((h / bh) / k)) > 0.1:  # not this box at one magnification (another aspect)
+        return None
+    hint = Registration(0.0, k, (round(x0), round(y0), round(bw), round(bh)))
+    # the box as written, at its own magnification, within a few pixels: one correlation
+    exact = _match(_fine_view(ref, hint.box), out, k, hint.box[:2], 0.0)
+    if exact is not None and exact.corr >= SURE_CORR:
+        return exact
+    found = _refine(ref, out, hint)  # near it (a box clamped or rounded by the code)
+    return found if found is not None and found.corr >= SURE_CORR else None
+
+
+def register(original: np.ndarray | Prepared, output: np.ndarray,
+             hints: tuple[tuple[float, float, float, float], ...] = ()) -> Registration | None:
     """Find where ``output`` sits in ``original`` and at what magnification (None if nowhere).
+
+    ``hints`` are boxes the trajectory's code names (:func:`code_boxes`): each is checked first, at
+    the search's finest step (scales within 2^(9/64) and positions within 15 % of the box, at up to
+    full resolution); the first the pixels confirm (correlation >= SURE_CORR) is the answer and the
+    search below does not run. A wrong, forged or unrelated box costs one check, never a score.
 
     Coarse to fine, in position and in scale (both sides blurred so resampling artefacts do not
     matter; a template is never smaller than MIN_TEMPLATE px):
@@ -216,6 +286,9 @@ def register(original: np.ndarray | Prepared, output: np.ndarray) -> Registratio
     """
     ref = original if isinstance(original, Prepared) else Prepared(original)
     out = _Output(output)
+    for box in hints:
+        if (found := _from_hint(ref, out, box)) is not None:
+            return found
     proposals = _proposals(ref, out)
     if not proposals:
         return None
@@ -256,8 +329,10 @@ def _fit(view: np.ndarray, budget_px: float) -> np.ndarray:
     return cv2.resize(view, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
-def image_gain(original: np.ndarray | Prepared, output: np.ndarray, budget_px: float) -> tuple[float, str]:
-    """Gain of one produced image against one input image, with the reason."""
+def image_gain(original: np.ndarray | Prepared, output: np.ndarray, budget_px: float,
+               hints: tuple[tuple[float, float, float, float], ...] = ()) -> tuple[float, str]:
+    """Gain of one produced image against one input image, with the reason (``hints``: see
+    :func:`register`)."""
     ref = original if isinstance(original, Prepared) else Prepared(original)
     h, w = output.shape
     if min(h, w) < MIN_SIDE:
@@ -265,7 +340,7 @@ def image_gain(original: np.ndarray | Prepared, output: np.ndarray, budget_px: f
     if output.std() < 2.0:
         return 0.0, "output blank"
     H, W = ref.shape
-    reg = register(ref, output)
+    reg = register(ref, output, hints)
     if reg is None or reg.corr < REGISTER_MIN_CORR:
         a = cv2.resize(ref.gray, (256, 256), interpolation=cv2.INTER_AREA)
         b = cv2.resize(output, (256, 256), interpolation=cv2.INTER_AREA)
@@ -282,7 +357,7 @@ def image_gain(original: np.ndarray | Prepared, output: np.ndarray, budget_px: f
 class VisualGainJudge:
     name = "metric/visual_gain"
     dimension = "visual_gain"
-    needs = (S.IMAGES, S.REPLAY)
+    needs = (S.IMAGES, S.REPLAY, S.TURNS)
 
     def __init__(self, visual_tokens: int = 1280, patch_px: int = 28):
         self.budget_px = float(visual_tokens * patch_px * patch_px)
@@ -315,11 +390,13 @@ class VisualGainJudge:
         if not produced:
             return Verdict(0.0, "no image produced by the replay" if cells else "no code cells")
         originals = [self._prepared(i) for i in inputs]
+        turns = row.get(S.TURNS) or []
+        hints = tuple(dict.fromkeys(b for t in turns for b in code_boxes(t.get(S.TURN_CODE) or "")))
         best, best_why = 0.0, ""
         for img in produced:
             out = _gray(img[S.IMG_BYTES])
             for orig in originals:
-                gain, why = image_gain(orig, out, self.budget_px)
+                gain, why = image_gain(orig, out, self.budget_px, hints)
                 if gain > best or not best_why:
                     best, best_why = gain, f"{img[S.IMG_NAME]}: {why}"
         return Verdict(round(best, 4), f"max over {len(produced)} produced image(s): {best_why}")

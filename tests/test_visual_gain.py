@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from judges.visual_gain import VisualGainJudge, budget_scale, image_gain, register
+from judges.visual_gain import VisualGainJudge, budget_scale, code_boxes, image_gain, register
 from schemas import sample as S
 from tests.images import detailed_page, png, simple_sketch, zoom
 
@@ -64,3 +64,37 @@ def test_judge_takes_best_produced_image_and_handles_no_images(page):
     row[S.REPLAY] = [{S.CELL_IMAGES: []}]
     assert judge.judge(row).score == 0.0
     assert judge.judge({S.IMAGES: [], S.REPLAY: []}).score is None
+
+
+def test_code_boxes_reads_literal_crop_boxes_and_slices():
+    code = (
+        "box = (1450, 1450, 1700, 1600)\ncrop = img.crop(box)\n"
+        "patch = arr[100:220, 40:90]\nsize = (3, 4, 5)\nbad = (9, 9, 1, 1)\nnot_code = (\n"
+    )
+    assert code_boxes(code) == []  # does not parse: no hints, the search decides
+    code = code.replace("not_code = (\n", "")
+    assert code_boxes(code) == [(1450, 1450, 1700, 1600), (40, 100, 90, 220)]
+
+
+def test_code_box_is_used_only_when_the_pixels_confirm_it(page):
+    out = zoom(page, 1450, 1450, 1700, 1600, 4)
+    hinted = register(page, out, hints=((1450, 1450, 1700, 1600),))
+    assert hinted.box == (1450, 1450, 250, 150) and hinted.zoom_k == pytest.approx(4) and hinted.corr > 0.95
+    # a forged or unrelated box (elsewhere on the page, another size) is checked and dropped:
+    # the search finds the real region, as without hints
+    forged = register(page, out, hints=((100, 100, 350, 250), (2000, 300, 2100, 360)))
+    plain = register(page, out)
+    assert forged == plain
+    assert abs(forged.box[0] - 1450) <= 15 and abs(forged.box[1] - 1450) <= 15
+    # and the gain of a hinted registration is the gain of the region the code really showed
+    assert image_gain(page, out, BUDGET, hints=((100, 100, 350, 250),)) == image_gain(page, out, BUDGET)
+
+
+def test_judge_reads_the_boxes_of_the_trajectorys_code(page):
+    judge = VisualGainJudge()
+    inp = S.image_record("in.png", png(page), 3000, 3000)
+    out = S.image_record("z.png", png(zoom(page, 1450, 1450, 1700, 1600, 4)), 1000, 600)
+    code = "box = (1450, 1450, 1700, 1600)\nzoom = img.crop(box).resize((1000, 600))"
+    row = {S.IMAGES: [inp], S.REPLAY: [{S.CELL_IMAGES: [out]}], S.TURNS: [{S.TURN_CODE: code}]}
+    verdict = judge.judge(row)
+    assert "region 250x150 zoom" in verdict.why and verdict.score >= 0.8

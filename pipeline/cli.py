@@ -416,7 +416,9 @@ def _print_judge_failure(manifest: dict[str, Any]) -> bool:
 
 
 def _print_summary(manifest: dict[str, Any]) -> None:
-    table = Table(title=f"run {manifest['run_id']}: {manifest['input_records']} input records", title_justify="left")
+    # the title on its own line: a table narrower than it would wrap it in a log (80 columns)
+    console.print(f"run {manifest['run_id']}: {manifest['input_records']} input records", soft_wrap=True)
+    table = Table()
     table.add_column("discipline")
     for r in S.ROUTES:
         table.add_column(r, justify="right")
@@ -706,7 +708,7 @@ def report(
         result = write_report(out, dest, n)
     except FileNotFoundError as exc:
         _fail(str(exc))
-    console.print(f"Report {result.summary()}")
+    console.print(f"Report {result.summary()}", soft_wrap=True)
 
 
 @app.command()

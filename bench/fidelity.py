@@ -1,6 +1,6 @@
 """Image fidelity cost per pair kind, measured side by side in one run.
 
-Times ``pipeline.fidelity.image_match`` (decode included) on every pair of the labelled table of
+Times ``pipeline.stages.fidelity.image_match`` (decode included) on every pair of the labelled table of
 tests/test_fidelity.py, grouped by kind (zoom crops, 1-2 MP full images, repaired boxes, plots,
 PyVision masks, fabrications), plus a 1.9 MP JPEG-vs-PNG pair; prints the median and p90 in ms per
 kind. Each pair is measured ``--repeat`` times after one warm-up call.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.fidelity import image_match  # noqa: E402
+from pipeline.stages.fidelity import image_match  # noqa: E402
 from tests.test_fidelity import _enc, _jpeg, labelled_pairs, scientific_image  # noqa: E402
 
 

@@ -32,7 +32,8 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # `pipeline` is the pack
 def worker(corpus: Path, out: Path, reroute: bool) -> dict:
     start = time.perf_counter()
     from pipeline.config import RunConfig
-    from pipeline.run import init_ray, run_pipeline
+    from pipeline.ray_plan import init_ray
+    from pipeline.run import run_pipeline
 
     cfg = RunConfig()
     if reroute:

@@ -91,9 +91,25 @@ def worker(corpus: Path, out: Path, dedup: bool) -> dict:
     sampler = PeakSampler()
     sampler.start()
     from pipeline.config import DedupConfig, RunConfig
-    from pipeline.dedup import GROUPS_FILE, KEYS_DIR, attach_verdicts, compact_keys, key_files, post_verdicts
-    from pipeline.ingest import discover_inputs, iter_read_tasks, read_plan, write_plan
-    from pipeline.run import dedup_verdicts, ingest_dataset, init_ray
+    from pipeline.dedup_pass import dedup_verdicts
+    from pipeline.ray_plan import TASK_CPUS, init_ray, task_concurrency
+    from pipeline.stage import Resources, add_stage
+    from pipeline.stages.dedup import (
+        GROUPS_FILE,
+        KEYS_DIR,
+        attach_verdicts,
+        compact_keys,
+        key_files,
+        post_verdicts,
+    )
+    from pipeline.stages.ingest import (
+        IngestStage,
+        discover_inputs,
+        iter_read_tasks,
+        read_plan,
+        task_items,
+        write_plan,
+    )
 
     started = time.perf_counter()
     init_ray(quiet=True)
@@ -105,10 +121,12 @@ def worker(corpus: Path, out: Path, dedup: bool) -> dict:
     # exactly the run_pipeline wiring: plan streamed to disk, Ray executions window by window
     plan = out / "work" / "plan.jsonl"
     records, n_tasks = write_plan(iter_read_tasks(discover_inputs([corpus]), cfg.ingest.lines_per_task), plan)
-    verdicts, counts = dedup_verdicts(read_plan(plan, cfg.ingest.tasks_per_window), cfg, None, out / "work")
+    verdicts, counts, _ = dedup_verdicts(read_plan(plan, cfg.ingest.tasks_per_window), cfg, None, out / "work")
     keys_dir = out / "work" / KEYS_DIR if dedup else None  # image keys come out of the main pass's ingest
+    ingest = IngestStage(cfg=cfg.ingest, resources=Resources(TASK_CPUS), batch_size=1, workers=task_concurrency())
     for k, window in enumerate(read_plan(plan, cfg.ingest.tasks_per_window)):
-        ingest_dataset(attach_verdicts(window, verdicts), cfg, keys_dir).write_parquet(str(out / "rows"))
+        ds = ray.data.from_items(task_items(attach_verdicts(window, verdicts)), override_num_blocks=len(window))
+        add_stage(ds, ingest).write_parquet(str(out / "rows"))
         if keys_dir is not None:
             compact_keys(keys_dir, f"window-{k:06d}")
     if keys_dir is not None:  # the post-pass's grouping (best-of-N itself needs replayed, judged rows)

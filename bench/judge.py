@@ -53,7 +53,8 @@ def bench_ray(url: str, c: int, n: int, cache: Path) -> float:
 
     import ray
 
-    from pipeline.llm_judge import LLMJudgeStage
+    from pipeline.stage import Resources, add_stage
+    from pipeline.stages.llm_judge import LLMJudgeStage
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -61,16 +62,15 @@ def bench_ray(url: str, c: int, n: int, cache: Path) -> float:
                           per_actor_concurrency=max(1, c // 2), batch_size=max(1, n // 4))
     ds = ray.data.from_arrow(S.to_table(rows(n))).repartition(max(2, n // st.batch_size))
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = ds.map_batches(LLMJudgeStage, fn_constructor_kwargs={"settings": st, "cache_dir": str(cache)},
-                        batch_size=st.batch_size, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(size=st.pool_size()), num_cpus=0.1)
+    def stage(settings: LLMJudgeSettings) -> LLMJudgeStage:
+        return LLMJudgeStage(settings=settings, cache_dir=str(cache), resources=Resources(0.1),
+                             batch_size=settings.batch_size, workers=settings.pool_size())
+
+    ds = add_stage(ds, stage(st))
     ds = ds.materialize()  # a first pass starts the actors; the timed pass below is steady state
     t = time.perf_counter()
     ds2 = ray.data.from_arrow(S.to_table(rows(n))).repartition(max(2, n // st.batch_size))
-    ds2 = ds2.map_batches(LLMJudgeStage, fn_constructor_kwargs={"settings": st.model_copy(update={"model": "bench-ray-2"}),
-                                                                 "cache_dir": str(cache)},
-                          batch_size=st.batch_size, batch_format="pyarrow",
-                          compute=ray.data.ActorPoolStrategy(size=st.pool_size()), num_cpus=0.1)
+    ds2 = add_stage(ds2, stage(st.model_copy(update={"model": "bench-ray-2"})))
     ds2.materialize()
     dt = time.perf_counter() - t
     ray.shutdown()

@@ -60,7 +60,7 @@ def pin_cpus(cpus: int) -> list[int]:
 
 def corpus_path(n: int) -> Path:
     from pipeline.cli import cache_dir
-    from pipeline.sample_corpus import ensure_sample_corpus
+    from sample_corpus import ensure_sample_corpus
 
     return ensure_sample_corpus(cache_dir() / f"sample-corpus-n{n}-s0", n=n, seed=0)
 
@@ -83,8 +83,9 @@ def pipeline_worker(corpus: Path, cpus: int, out: Path) -> dict:
     cores = pin_cpus(cpus)
     start = time.perf_counter()
     from pipeline.config import RunConfig
-    from pipeline.evaluate import agreement
-    from pipeline.run import init_ray, run_pipeline
+    from pipeline.ray_plan import init_ray
+    from pipeline.run import run_pipeline
+    from pipeline.tools.evaluate import agreement
 
     t0 = time.perf_counter()
     init_ray(quiet=True, num_cpus=cpus)

@@ -43,9 +43,9 @@ def load_trajectories(n: int, corpus: Path | None = None) -> list[tuple[list, li
     """(inputs, code cells) of every non-hostile record of ``corpus`` (default: a sample corpus
     of ``n`` records built in the temp dir). Also used by bench/pipeline.py for its limit (L)."""
     from pipeline.config import IngestConfig
-    from pipeline.ingest import plan_read_tasks, read_task
-    from pipeline.sample_corpus import ensure_sample_corpus
     from pipeline.sandbox import InputImage
+    from pipeline.stages.ingest import plan_read_tasks, read_task
+    from sample_corpus import ensure_sample_corpus
     from schemas import sample as S
 
     if corpus is None:

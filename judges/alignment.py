@@ -14,15 +14,22 @@ import re
 from typing import Any
 
 from judges.base import Verdict
-from pipeline.fidelity import number_present, numbers_in
+from pipeline.stages.fidelity import number_present, numbers_in
 from schemas import sample as S
+from schemas.dimensions import Dimension
 
 VISUAL_WORDS = re.compile(r"\b(zoom\w*|crop\w*|image|enhanced|shows?|visible|magnif\w*|edges?|mask)\b", re.I)
 
 
 class AlignmentJudge:
+    DIMENSION = Dimension(
+        "alignment",
+        minimum=0.5,
+        description="the reasoning says what the replayed code really showed (numbers, images); "
+        "below: rejected",
+    )
     name = "metric/alignment"
-    dimension = "alignment"
+    dimension = DIMENSION.name
     needs = (S.QUESTION, S.TURNS, S.REPLAY)
 
     def judge(self, row: dict[str, Any]) -> Verdict:

@@ -5,7 +5,7 @@ score = 0 when any cell's replay contradicts its recorded observation (fidelity 
 otherwise score = (cells with status ok) / (cells counted) · mean(fidelity of cells that have a record).
 No code cells: None (nothing to judge).
 
-Replay-environment gaps: when a cell's status is ``replay_env`` (pipeline.replay: a module that is
+Replay-environment gaps: when a cell's status is ``replay_env`` (pipeline.stages.replay: a module that is
 not installed, a tool function or a referenced file this replay environment lacks) the replay is
 incomplete through no fault of the trajectory, so the score is None and the explanation names
 the gap and what to do; routing rejects the sample with ``replay_env:<kind>:<name>``.
@@ -30,6 +30,7 @@ from typing import Any
 
 from judges.base import Verdict
 from schemas import sample as S
+from schemas.dimensions import Dimension
 
 FABRICATION_FIDELITY = 0.8
 RECOVERED_ERRORS_POLICIES = ("accept", "penalize", "reject")
@@ -65,8 +66,14 @@ def _gap_text(gaps: list[tuple[int, str]]) -> str:
 
 
 class CodeCorrectnessJudge:
+    DIMENSION = Dimension(
+        "code_correctness",
+        minimum=0.6,
+        description="the replayed cells run and reproduce the recorded observations; "
+        "below: rejected (code failed or replay contradicts the record)",
+    )
     name = "metric/code_correctness"
-    dimension = "code_correctness"
+    dimension = DIMENSION.name
     needs = (S.REPLAY, S.FINAL_ANSWER)
 
     def __init__(self, recovered_errors: str = "accept") -> None:

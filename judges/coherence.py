@@ -16,6 +16,7 @@ from typing import Any
 from judges.answers import answers_match, first_number, option_letter, unwrap
 from judges.base import Verdict
 from schemas import sample as S
+from schemas.dimensions import Dimension
 
 MIN_WORDS = 8
 
@@ -34,8 +35,14 @@ def answer_stated(answer: str, text: str) -> bool:
 
 
 class CoherenceJudge:
+    DIMENSION = Dimension(
+        "coherence",
+        minimum=0.4,
+        description="reasoning steps that support the final answer and follow up their observations; "
+        "below: rejected",
+    )
     name = "metric/coherence"
-    dimension = "coherence"
+    dimension = DIMENSION.name
     needs = (S.TURNS, S.FINAL_ANSWER)
 
     def judge(self, row: dict[str, Any]) -> Verdict:

@@ -14,6 +14,7 @@ from typing import Any
 
 from judges.base import Verdict, band
 from schemas import sample as S
+from schemas.dimensions import Dimension
 
 OPERATION_FAMILIES = {
     "crop": r"\.crop\(|\[\s*\w*\s*:\s*\w*\s*,\s*\w*\s*:",
@@ -36,8 +37,14 @@ def operation_families(code: str) -> set[str]:
 
 
 class EducationalValueJudge:
+    DIMENSION = Dimension(
+        "educational_value",
+        minimum=0.0,
+        description="a worked example worth learning from (steps, operation variety, explanation); "
+        "below: rejected (0 disables)",
+    )
     name = "metric/educational_value"
-    dimension = "educational_value"
+    dimension = DIMENSION.name
     needs = (S.TURNS,)
 
     def judge(self, row: dict[str, Any]) -> Verdict:

@@ -11,11 +11,18 @@ from typing import Any
 from judges.answers import answers_match
 from judges.base import Verdict
 from schemas import sample as S
+from schemas.dimensions import Dimension
 
 
 class ScientificAccuracyJudge:
+    DIMENSION = Dimension(
+        "scientific_accuracy",
+        minimum=0.5,
+        description="the final answer matches the ground truth; "
+        "below: rejected as a wrong answer (only when ground truth exists)",
+    )
     name = "metric/scientific_accuracy"
-    dimension = "scientific_accuracy"
+    dimension = DIMENSION.name
     needs = (S.FINAL_ANSWER, S.GROUND_TRUTH, S.QUESTION)
 
     def judge(self, row: dict[str, Any]) -> Verdict:

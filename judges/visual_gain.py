@@ -41,6 +41,7 @@ from skimage.metrics import structural_similarity
 
 from judges.base import Verdict
 from schemas import sample as S
+from schemas.dimensions import Dimension
 
 REGISTER_MIN_CORR = 0.6
 FULL_GAIN_LOSS = 0.2
@@ -355,8 +356,15 @@ def image_gain(original: np.ndarray | Prepared, output: np.ndarray, budget_px: f
 
 
 class VisualGainJudge:
+    DIMENSION = Dimension(
+        S.VISUAL_GAIN,
+        minimum=0.15,
+        description="detail the image operations show that the model could not see in the input at its "
+        "pixel budget; below: routed to the text shard (image ops add too little)",
+        below=S.ROUTE_TEXT,
+    )
     name = "metric/visual_gain"
-    dimension = "visual_gain"
+    dimension = DIMENSION.name
     needs = (S.IMAGES, S.REPLAY, S.TURNS)
 
     def __init__(self, visual_tokens: int = 1280, patch_px: int = 28):
@@ -377,7 +385,7 @@ class VisualGainJudge:
 
     def grey(self, image: dict[str, Any]) -> np.ndarray:
         """An input image in 8-bit grey, from the same per-actor cache the judging used: the
-        judge stage computes the row's dedup keys from it (pipeline.dedup.write_block_keys)
+        judge stage computes the row's dedup keys from it (pipeline.stages.dedup.write_block_keys)
         instead of decoding the image once more."""
         return self._prepared(image).gray
 

@@ -70,7 +70,7 @@ def _duration(seconds: float) -> str:
 
 
 def progress_text(p: dict[str, Any]) -> tuple[str, str]:
-    """A progress report of pipeline.run.progress_poller -> (stage, "done/total samples, samples/s, ETA")."""
+    """A progress report of pipeline.progress.progress_poller -> (stage, "done/total samples, samples/s, ETA")."""
     total, done, stages = p["total"], p["done"], p["stages"]
     todo = total - (done - stages.get("routing", 0))  # what this run routes (a resumed run did the rest)
     if not stages:
@@ -300,9 +300,9 @@ def run(
 ) -> None:
     """Curate trajectories into routed Parquet shards (OUT/shards/route=*/discipline=*/)."""
     from pipeline.config import ConfigError, load_config, with_image_roots, with_llm_judge
-    from pipeline.evaluate import agreement, find_labels
     from pipeline.run import run_pipeline
-    from pipeline.sample_corpus import ensure_sample_corpus
+    from pipeline.tools.evaluate import agreement, find_labels
+    from sample_corpus import ensure_sample_corpus
 
     try:
         cfg = with_image_roots(with_llm_judge(load_config(config), judge_endpoint, judge_model), image_root or [])
@@ -314,11 +314,11 @@ def run(
         corpus_dir = cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0"
         console.print(f"No INPUT given: using the bundled sample corpus ({corpus_dir})", soft_wrap=True)
         inputs = [ensure_sample_corpus(corpus_dir, n=DEFAULT_N, seed=0)]
-    from pipeline.dedup import BenchmarkError
     from pipeline.formats import UnknownFormatError
     from pipeline.publish import OutLockedError, WriteFailedError
     from pipeline.run import NothingToCurate
     from pipeline.sandbox.levels import SandboxLevelError
+    from pipeline.stages.dedup import BenchmarkError
 
     if cfg.judges.llm.enabled and cfg.judges.llm.probe:  # fail fast, before any Ray work
         from judges.llm import JudgeEndpointError, probe_endpoint
@@ -480,7 +480,7 @@ def inspect(
     """Summaries of a run's shards with DuckDB, or any SQL over the view `samples`."""
     import duckdb
 
-    from pipeline import inspect as views
+    from pipeline.tools import inspect as views
 
     try:
         if sql:
@@ -511,7 +511,7 @@ def sample_corpus(
     seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
 ) -> None:
     """Write the bundled procedurally drawn six-discipline corpus (with evaluation labels)."""
-    from pipeline.sample_corpus import build_sample_corpus
+    from sample_corpus import build_sample_corpus
 
     summary = build_sample_corpus(out, n=n, seed=seed)
     console.print(f"wrote {out / 'corpus.jsonl'}: {json.dumps(summary)}")
@@ -650,8 +650,8 @@ def export(
     """Export one curriculum stage of a run in a trainer's format."""
     from pydantic import ValidationError
 
-    from pipeline.export import FORMATS
-    from pipeline.export import export as do_export
+    from pipeline.tools.export import FORMATS
+    from pipeline.tools.export import export as do_export
     from routing.curriculum import STAGES, CurriculumPolicy
 
     if fmt not in FORMATS:
@@ -678,9 +678,9 @@ def export(
 
 
 def _write_report(out: Path) -> str:
-    """`run` ends by writing OUT/report.html (pipeline.report); -> the line to print. The results are
+    """`run` ends by writing OUT/report.html (pipeline.tools.report); -> the line to print. The results are
     published already: a report that cannot be written (disk full) is a warning, not a failed run."""
-    from pipeline.report import write_report
+    from pipeline.tools.report import write_report
 
     try:
         return write_report(out).summary()
@@ -698,7 +698,7 @@ def report(
 ) -> None:
     """One self-contained HTML report of a run: funnel, routes, reasons, score histograms, replay, judges,
     history and a gallery of trajectories (full-size images in <report>_files/ beside it)."""
-    from pipeline.report import parse_samples, write_report
+    from pipeline.tools.report import parse_samples, write_report
 
     try:
         n = parse_samples(samples)
@@ -717,7 +717,7 @@ def explain(
     sample_id: Annotated[str, typer.Argument(help="sample_id to explain")],
 ) -> None:
     """A sample's route, reasons, scores with explanations, and its trajectory with replayed cells."""
-    from pipeline.shards import VIEW, connect, fetch_rows
+    from pipeline.tools.shards import VIEW, connect, fetch_rows
 
     try:
         con = connect(out)

@@ -112,7 +112,7 @@ class RunConfig(_Strict):
     dedup: DedupConfig = DedupConfig()
     replay: ReplayConfig = ReplayConfig()
     judges: JudgeConfig = JudgeConfig()
-    routing: RoutingPolicy = RoutingPolicy()
+    routing: RoutingPolicy = Field(default_factory=RoutingPolicy)  # made when used: every registered dimension
 
     def config_hash(self) -> str:
         """Stable hash of every setting that can change an output row."""

@@ -34,10 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
-from pipeline.dedup import KEY_FILE, KEY_IDX, KEY_SID
-from pipeline.ingest import KNOWN, task_flags
-from pipeline.shards import SHARDS_DIR, shard_files, sql_str
-from pipeline.sources import ReadTask
+from pipeline.formats.sources import ReadTask
+from pipeline.stages.dedup import KEY_FILE, KEY_IDX, KEY_SID
+from pipeline.stages.ingest import KNOWN, task_flags
+from pipeline.tools.shards import SHARDS_DIR, shard_files, sql_str
 from schemas import sample as S
 
 STAGES = ("replay", "judges", "routing")  # in data-flow order: a change recomputes from there on
@@ -115,7 +115,7 @@ def known_and_superseded(
 
 def pending_tasks(tasks: list[ReadTask]) -> list[ReadTask]:
     """The read tasks that still hold a record to curate: a task whose every record OUT holds
-    already (its verdicts, pipeline.dedup.attach_verdicts) is not read again, and a window of
+    already (its verdicts, pipeline.stages.dedup.attach_verdicts) is not read again, and a window of
     such tasks starts no stage at all (an unchanged rerun replays and judges nothing)."""
     return [t for t in tasks if not (t.count and len(flags := task_flags(t)) == t.count
                                      and all(v.get(KNOWN) for v in flags.values()))]

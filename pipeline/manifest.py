@@ -1,7 +1,7 @@
 """The run manifest: counts read back from the written shards, so it proves what is on disk.
 
 ``replay_env`` counts the samples whose replay hit a gap of the replay environment (see
-pipeline.replay): ``{"samples": N, "by_kind": {"module": n, "tool": n, "file": n},
+pipeline.stages.replay): ``{"samples": N, "by_kind": {"module": n, "tool": n, "file": n},
 "gaps": {"module:networkx": 37, ...}, "gaps_not_listed": k}`` — samples per gap, most frequent
 first, at most MAX_LISTED_GAPS listed. :func:`replay_env_advice` turns it into the lines the run
 ends with: what is missing and what to do about it.
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import RunConfig
-from pipeline.shards import VIEW, connect
+from pipeline.tools.shards import VIEW, connect
 from schemas import sample as S
 
 MANIFEST = "manifest.json"

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.manifest import MANIFEST
-from pipeline.shards import SHARDS_DIR
+from pipeline.tools.shards import SHARDS_DIR
 
 LOCK_FILE = ".lock"
 VERSIONS_DIR = "versions"

@@ -5,7 +5,7 @@ Order of decisions (default policy in routing.policy.RoutingPolicy):
     that calls a tool the sandbox cannot have (input_error ``unsupported_tool:<name>``, or
     ``unsupported_tool`` with the name in input_detail) -> rejected [unsupported_tool:<name>]
  2. any reject reason below                -> rejected  [all that apply]
-    duplicate_of:<sample_id> and contaminated:<benchmark> (verdicts of pipeline.dedup, carried
+    duplicate_of:<sample_id> and contaminated:<benchmark> (verdicts of pipeline.stages.dedup, carried
     in the duplicate_of / contaminated_by columns), no_trajectory (a prompt with an empty turn
     list, e.g. an RL input record; no score reason is added to it), sandbox_violation (a cell was forbidden),
     replay_env:<kind>:<name> (one per gap of the replay environment in the replay_env column:
@@ -14,11 +14,14 @@ Order of decisions (default policy in routing.policy.RoutingPolicy):
     recovered_error (only with routing.recovered_errors = reject: a cell failed and a later cell
     recovered, see judges.code_correctness), code_failed:<status> (replay failed),
     observation_mismatch (cells ran but the record contradicts the replay),
-    wrong_answer, unverifiable (only if the policy asks), low_coherence, low_alignment,
-    low_educational_value
- 3. no input image / visual gain below min -> text      [no_images | low_visual_gain]
+    wrong_answer, unverifiable (only if the policy asks), then low_<dimension> for every other
+    dimension whose Dimension says ``below = rejected`` (coherence, alignment, educational value,
+    and any dimension registered later: schemas.dimensions), in column order
+ 3. no input image / a score of a ``below = text`` dimension (visual gain) null or below its
+    minimum                                -> text      [no_images | low_visual_gain]
  4. otherwise                              -> twi       [visual_gain_ok]
-A null score (the judge could not score) never triggers a reason by itself.
+A null score (the judge could not score) never triggers a reason by itself, except for the text
+route: a sample is TwI only when its visual gain was measured.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from typing import Any
 
 from judges.code_correctness import recovered_failures
 from routing.policy import RoutingPolicy
+from schemas import dimensions as D
 from schemas import sample as S
 
 UNSUPPORTED_TOOL = "unsupported_tool"
-# dimensions with reasons of their own (code_failed / observation_mismatch, wrong_answer) or the
-# text route (visual gain); every other one rejects with low_<dimension>
-SPECIAL = ("code_correctness", "scientific_accuracy", S.VISUAL_GAIN)
+# rejecting dimensions with reasons of their own (code_failed / observation_mismatch, wrong_answer);
+# every other one rejects with low_<dimension>
+OWN_REASONS = ("code_correctness", "scientific_accuracy")
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ def _below(score: float | None, threshold: float) -> bool:
 
 
 def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
-    """Route one canonical row that carries replay status and the six score columns."""
+    """Route one canonical row that carries replay status and the score columns."""
     error = row.get(S.INPUT_ERROR)
     if error:
         if error.startswith(UNSUPPORTED_TOOL + ":"):
@@ -56,7 +60,8 @@ def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
         if error == UNSUPPORTED_TOOL and detail:
             return Decision(S.ROUTE_REJECTED, [f"{UNSUPPORTED_TOOL}:{detail.split()[0]}"])
         return Decision(S.ROUTE_REJECTED, [f"invalid_input:{error}"])
-    score = {d: row.get(S.score_column(d)) for d in S.DIMENSIONS}
+    dims = D.registered()
+    score = {d.name: row.get(S.score_column(d.name)) for d in dims}
     minimum = policy.thresholds()
     status = row.get(S.REPLAY_STATUS)
     reasons: list[str] = []
@@ -81,10 +86,11 @@ def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
         reasons.append("wrong_answer")
     if policy.reject_unverifiable and score["scientific_accuracy"] is None:
         reasons.append("unverifiable")
-    # every other dimension (coherence, alignment, educational value, and any dimension added
-    # later): low_<dimension> below its minimum (alignment not when the replay lacked something)
-    for d in S.DIMENSIONS:
-        if d in SPECIAL or (d == "alignment" and gaps):
+    # every other rejecting dimension (coherence, alignment, educational value, and any dimension
+    # added later): low_<dimension> below its minimum (alignment not when the replay lacked something)
+    rejecting = [d.name for d in dims if d.below == S.ROUTE_REJECTED and d.name not in OWN_REASONS]
+    for d in rejecting:
+        if d == "alignment" and gaps:
             continue
         if _below(score[d], minimum[d]):
             reasons.append(f"low_{d}")
@@ -92,6 +98,8 @@ def decide(row: dict[str, Any], policy: RoutingPolicy) -> Decision:
         return Decision(S.ROUTE_REJECTED, reasons)
     if not row.get(S.IMAGES):
         return Decision(S.ROUTE_TEXT, ["no_images"])
-    if score[S.VISUAL_GAIN] is None or score[S.VISUAL_GAIN] < minimum[S.VISUAL_GAIN]:
-        return Decision(S.ROUTE_TEXT, [f"low_{S.VISUAL_GAIN}"])
-    return Decision(S.ROUTE_TWI, [f"{S.VISUAL_GAIN}_ok"])
+    to_text = [d.name for d in dims if d.below == S.ROUTE_TEXT]
+    low = [f"low_{d}" for d in to_text if score[d] is None or score[d] < minimum[d]]
+    if low:
+        return Decision(S.ROUTE_TEXT, low)
+    return Decision(S.ROUTE_TWI, [f"{d}_ok" for d in to_text])

@@ -5,10 +5,18 @@ and leaves the others as it found them; every table crossing a stage boundary is
 ``SAMPLE_SCHEMA`` so a typo in a column name fails loudly instead of adding a column.
 
 Column names live here as constants; no other module spells them as bare strings.
+
+The score columns depend on the quality dimensions, which their judges declare and register in
+schemas.dimensions. So ``DIMENSIONS``, the ``*_COLUMNS`` tuples of the score columns and
+``SAMPLE_SCHEMA`` are not fixed at import time: they are module attributes computed from the
+registry when read (module ``__getattr__``, cached per set of dimensions). A dimension registered
+later (a test's, a plugin's) therefore has its columns everywhere ``S.SAMPLE_SCHEMA`` is read; read
+them as ``S.<NAME>``, never ``from schemas.sample import SAMPLE_SCHEMA`` (that copies them once).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -19,24 +27,17 @@ import pyarrow as pa
 DISCIPLINES = ("mathematics", "physics", "chemistry", "astronomy", "geography", "biology", "unknown")
 ROUTES = ("twi", "text", "rejected")
 ROUTE_TWI, ROUTE_TEXT, ROUTE_REJECTED = ROUTES
-DIMENSIONS = (
-    "visual_gain",
-    "coherence",
-    "code_correctness",
-    "scientific_accuracy",
-    "alignment",
-    "educational_value",
-)
 # Replay status of one cell. The first seven come from the sandbox (pipeline.sandbox.base);
-# "replay_env" is set by the replay stage (pipeline.replay) on a sandbox "error" that the replay
+# "replay_env" is set by the replay stage (pipeline.stages.replay) on a sandbox "error" that the replay
 # environment caused, not the trajectory: a module that is not installed, a tool function the
 # trajectory's own environment provided, a file the record references that is not available.
 CELL_STATUSES = ("ok", "error", "timeout", "memory", "killed", "forbidden", "skipped", "replay_env")
 REPLAY_ENV_STATUS = "replay_env"
 STATUS_OK, STATUS_FORBIDDEN = "ok", "forbidden"
-# Replay status of a whole sample (pipeline.replay): "ok", the worst cell status, or one of these
+# Replay status of a whole sample (pipeline.stages.replay): "ok", the worst cell status, or one of these
 REPLAY_NOT_RUN, REPLAY_NO_CODE = "not_run", "no_code"
-# The dimension whose low score sends a sample to the text shard; every other one rejects
+# The visual gain dimension (judges.visual_gain): its low score sends a sample to the text shard
+# (its Dimension's ``below``), and a sample without input images goes there whatever it scores
 VISUAL_GAIN = "visual_gain"
 # Kinds of replay-environment gap; a gap is written "<kind>:<name>", e.g. "module:networkx",
 # "tool:zoom_in", "file:/eval/17127.jpg", and becomes the route reason "replay_env:<kind>:<name>".
@@ -54,10 +55,10 @@ FINAL_ANSWER = "final_answer"
 INPUT_ERROR = "input_error"
 INPUT_DETAIL = "input_detail"  # the specifics of input_error (e.g. the image paths looked for)
 RAW = "raw"
-# dedup / decontamination verdicts (pipeline.dedup), filled at ingest, turned into reasons by routing
+# dedup / decontamination verdicts (pipeline.stages.dedup), filled at ingest, turned into reasons by routing
 DUPLICATE_OF = "duplicate_of"
 CONTAMINATED_BY = "contaminated_by"
-# (image, question) group of a record (pipeline.dedup groups.parquet, read by pipeline.best_of_n;
+# (image, question) group of a record (pipeline.stages.dedup groups.parquet, read by pipeline.stages.best_of_n;
 # not a shard column: the shards link a best-of-N loser to the kept record by duplicate_of)
 DEDUP_GROUP = "dedup_group"
 REPLAY = "replay"
@@ -99,12 +100,6 @@ def llm_status_column(dimension: str) -> str:
     """ok | cached | judge_error:<kind>; null when no LLM judge ran for this dimension."""
     return f"llm_status_{dimension}"
 
-
-SCORE_COLUMNS = tuple(score_column(d) for d in DIMENSIONS)
-EXPLANATION_COLUMNS = tuple(explanation_column(d) for d in DIMENSIONS)
-METRIC_SCORE_COLUMNS = tuple(metric_score_column(d) for d in DIMENSIONS)
-LLM_SCORE_COLUMNS = tuple(llm_score_column(d) for d in DIMENSIONS)
-LLM_STATUS_COLUMNS = tuple(llm_status_column(d) for d in DIMENSIONS)
 
 # --- nested field names (struct members) -------------------------------------------------------
 # image
@@ -203,12 +198,6 @@ REPLAY_FIELDS = [
     pa.field(REPLAY_STATUS, pa.string()),
     pa.field(REPLAY_ENV, pa.list_(pa.string())),
 ]
-SCORE_FIELDS = (
-    [pa.field(c, pa.float64()) for c in SCORE_COLUMNS]
-    + [pa.field(c, pa.string()) for c in EXPLANATION_COLUMNS]
-    + [pa.field(c, pa.float64()) for c in METRIC_SCORE_COLUMNS + LLM_SCORE_COLUMNS]
-    + [pa.field(c, pa.string()) for c in LLM_STATUS_COLUMNS]
-)
 ROUTING_FIELDS = [
     pa.field(ROUTE, pa.string()),
     pa.field(ROUTE_REASONS, pa.list_(pa.string())),
@@ -216,23 +205,58 @@ ROUTING_FIELDS = [
     pa.field(TEXT_FLAGS, pa.list_(pa.string())),
     pa.field(LINEAGE, LINEAGE_TYPE),
 ]
-
-SAMPLE_SCHEMA = pa.schema(INGEST_FIELDS + DEDUP_FIELDS + REPLAY_FIELDS + SCORE_FIELDS + ROUTING_FIELDS)
 # Partition columns of the written shards (hive layout route=<r>/discipline=<d>/).
 PARTITION_COLUMNS = (ROUTE, DISCIPLINE)
+
+_DERIVED = ("DIMENSIONS", "SCORE_COLUMNS", "EXPLANATION_COLUMNS", "METRIC_SCORE_COLUMNS", "LLM_SCORE_COLUMNS",
+            "LLM_STATUS_COLUMNS", "SAMPLE_SCHEMA")
+
+
+@functools.lru_cache(maxsize=8)
+def _by_dimensions(dimensions: tuple[str, ...]) -> dict[str, Any]:
+    """The attributes that follow from the dimensions (module doc): their names, score columns
+    (score, why, metric score, LLM score, LLM status: all per dimension, in this order) and the schema."""
+    scores = tuple(score_column(d) for d in dimensions)
+    whys = tuple(explanation_column(d) for d in dimensions)
+    metric_scores = tuple(metric_score_column(d) for d in dimensions)
+    llm_scores = tuple(llm_score_column(d) for d in dimensions)
+    llm_statuses = tuple(llm_status_column(d) for d in dimensions)
+    score_fields = (
+        [pa.field(c, pa.float64()) for c in scores]
+        + [pa.field(c, pa.string()) for c in whys]
+        + [pa.field(c, pa.float64()) for c in metric_scores + llm_scores]
+        + [pa.field(c, pa.string()) for c in llm_statuses]
+    )
+    schema = pa.schema(INGEST_FIELDS + DEDUP_FIELDS + REPLAY_FIELDS + score_fields + ROUTING_FIELDS)
+    values = (dimensions, scores, whys, metric_scores, llm_scores, llm_statuses, schema)
+    return dict(zip(_DERIVED, values, strict=True))
+
+
+def _derived(name: str) -> Any:
+    from schemas import dimensions  # imported here: schemas.dimensions imports this module
+
+    return _by_dimensions(dimensions.names())[name]
+
+
+def __getattr__(name: str) -> Any:
+    """``DIMENSIONS``, the score ``*_COLUMNS`` and ``SAMPLE_SCHEMA`` of the registered dimensions."""
+    if name not in _DERIVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _derived(name)
 
 
 def empty_row() -> dict[str, Any]:
     """A row with every column present and null, to be filled by the stages."""
-    return {f.name: None for f in SAMPLE_SCHEMA}
+    return {f.name: None for f in _derived("SAMPLE_SCHEMA")}
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows (dicts with any subset of the columns) -> a table of exactly SAMPLE_SCHEMA."""
-    unknown = {k for r in rows for k in r} - set(SAMPLE_SCHEMA.names)
+    schema = _derived("SAMPLE_SCHEMA")
+    unknown = {k for r in rows for k in r} - set(schema.names)
     if unknown:
         raise KeyError(f"columns not in schemas.SAMPLE_SCHEMA: {sorted(unknown)}")
-    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def image_record(name: str, data: bytes, width: int, height: int, path: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-# Keep Ray on 127.0.0.1 (see pipeline.run.init_ray) and quiet in tests.
+# Keep Ray on 127.0.0.1 (see pipeline.ray_plan.init_ray) and quiet in tests.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -17,7 +17,7 @@ CORPUS_N = 48
 def ray_local():
     import ray
 
-    from pipeline.run import init_ray
+    from pipeline.ray_plan import init_ray
 
     init_ray(quiet=True)
     addresses = {n["NodeManagerAddress"] for n in ray.nodes()}
@@ -30,7 +30,7 @@ def ray_local():
 def cache_root(tmp_path_factory):
     """A TWI_CURATE_CACHE holding the default corpus, built once per session."""
     from pipeline.cli import DEFAULT_N, cache_dir
-    from pipeline.sample_corpus import ensure_sample_corpus
+    from sample_corpus import ensure_sample_corpus
 
     root = tmp_path_factory.mktemp("cache")
     old = os.environ.get("TWI_CURATE_CACHE")

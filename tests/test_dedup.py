@@ -19,10 +19,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from judges.visual_gain import VisualGainJudge
-from pipeline.best_of_n import QUALITY_WEIGHTS, ROUTE_TIER, quality
 from pipeline.cli import app
 from pipeline.config import DedupConfig, IngestConfig, RunConfig
-from pipeline.dedup import (
+from pipeline.run import run_pipeline
+from pipeline.stage import Resources
+from pipeline.stages.best_of_n import QUALITY_WEIGHTS, ROUTE_TIER, quality
+from pipeline.stages.dedup import (
     KEY_SCHEMA,
     PENDING_DIR,
     BenchmarkError,
@@ -39,9 +41,8 @@ from pipeline.dedup import (
     read_groups,
     write_block_keys,
 )
-from pipeline.dedup import find_verdicts as _find_verdicts
-from pipeline.ingest import ingest_batch, plan_read_tasks, read_task
-from pipeline.run import run_pipeline
+from pipeline.stages.dedup import find_verdicts as _find_verdicts
+from pipeline.stages.ingest import IngestStage, plan_read_tasks, read_task
 from schemas import sample as S
 from tests.format_fixtures import BOX, crop_zoom, label_image
 from tests.images import png
@@ -228,8 +229,7 @@ def test_light_pre_pass_and_main_pass_keys_give_the_same_verdicts(corpus, tmp_pa
     for w, window in enumerate((flagged[:2], flagged[2:])):
         blocks = 0
         for task in window:
-            batch = {k: [v] for k, v in asdict(task).items()}
-            block = [r for table in ingest_batch(batch, CFG) for r in table.to_pylist()]
+            block = IngestStage(cfg=CFG, resources=Resources(0.25)).process([asdict(task)])
             written = [write_block_keys(block, keys_dir, judge.grey) for _ in range(2)]  # 2nd: a retried block
             assert written[0] == written[1] == sum(1 for r in block if not r[S.INPUT_ERROR] and not r[S.DUPLICATE_OF])
             blocks += bool(written[0])

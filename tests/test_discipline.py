@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.discipline import classify_question, discipline_from_metadata, resolve_discipline
+from pipeline.stages.discipline import classify_question, discipline_from_metadata, resolve_discipline
 from schemas import sample as S
 
 DATA = Path(__file__).parent / "data"
@@ -45,7 +45,7 @@ def test_held_out_tables_cover_every_discipline():
 
 
 # discipline_questions.jsonl: the table the first vocabulary was written from. The held-out tables
-# were written before the vocabulary was extended (pipeline/discipline.py says which were seen).
+# were written before the vocabulary was extended (pipeline/stages/discipline.py says which were seen).
 @pytest.mark.parametrize(
     "name",
     [

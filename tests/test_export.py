@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.export import export, load_rows
+from pipeline.tools.export import export, load_rows
 from routing.curriculum import STAGES, CurriculumPolicy, difficulty, select_stage
 from routing.text_conversion import convert_reasoning
 from schemas import sample as S

@@ -78,8 +78,8 @@ def test_zygote_and_replay_judge_actor_killed_mid_run(ray_local, cache_root, tmp
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     targets = [  # what to kill, in this order, each once the previous kill is done
         ("zygote", lambda pid, ppid, cmd, by_pid: "pipeline/sandbox/runner.py" in cmd
-         and "MapBatches(ReplayActor)" in by_pid.get(ppid, "")),
-        ("replay+judge actor", lambda pid, ppid, cmd, by_pid: cmd.startswith("ray::MapWorker(MapBatches(ReplayActor))")),
+         and "MapBatches(replay+judges)" in by_pid.get(ppid, "")),
+        ("replay+judge actor", lambda pid, ppid, cmd, by_pid: cmd.startswith("ray::MapWorker(MapBatches(replay+judges))")),
     ]
     killed: list[str] = []
     deadline = time.monotonic() + 900

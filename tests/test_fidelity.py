@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 
 from judges.code_correctness import FABRICATION_FIDELITY, CodeCorrectnessJudge  # noqa: E402
-from pipeline.fidelity import cell_fidelity, image_match, text_fidelity, unseeded_randomness  # noqa: E402
+from pipeline.stages.fidelity import cell_fidelity, image_match, text_fidelity, unseeded_randomness  # noqa: E402
 from routing.policy import RoutingPolicy  # noqa: E402
 from schemas import sample as S  # noqa: E402
 
@@ -433,10 +433,10 @@ def test_real_visualsketchpad_spring_layout_cell_is_faithful():
     plot's layout differs from the replay's; its printed flow is what counts."""
     from pipeline.config import IngestConfig
     from pipeline.formats.base import RecordContext
+    from pipeline.formats.sources import sketchpad_record
     from pipeline.formats.visualsketchpad import VisualSketchpad
-    from pipeline.replay import replay_row
     from pipeline.sandbox import SandboxLimits, ZygoteSandbox
-    from pipeline.sources import sketchpad_record
+    from pipeline.stages.replay import replay_row
 
     task = REAL_DATA / "visualsketchpad" / "graph_max_flow" / "5"
     if not (task / "output.json").is_file():

@@ -16,7 +16,7 @@ import pytest
 from pipeline import formats
 from pipeline.config import IngestConfig
 from pipeline.formats import UnknownFormatError, detect_adapter, get_adapter
-from pipeline.ingest import parse_payload
+from pipeline.stages.ingest import parse_payload
 from schemas import sample as S
 from tests.images import png
 

@@ -17,8 +17,8 @@ from pipeline.cli import app
 from pipeline.config import IngestConfig, RunConfig
 from pipeline.formats import FORMAT_NAMES
 from pipeline.formats.base import RecordContext, resolve_image
-from pipeline.ingest import discover_inputs, plan_read_tasks, read_task
 from pipeline.run import run_pipeline
+from pipeline.stages.ingest import discover_inputs, plan_read_tasks, read_task
 from schemas import sample as S
 from tests.format_fixtures import Expected, label_image, where, write_format_fixtures
 from tests.images import png

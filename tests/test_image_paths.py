@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, IngestConfig, RunConfig, load_config, with_image_roots
-from pipeline.ingest import parse_payload
-from pipeline.replay import replay_row
 from pipeline.sandbox import ProcessSandbox, ZygoteSandbox
+from pipeline.stages.ingest import parse_payload
+from pipeline.stages.replay import replay_row
 from schemas import sample as S
 from tests.images import png
 

@@ -142,9 +142,9 @@ def test_driver_killed_mid_run_resumes_exactly_once_with_the_same_routes(ray_loc
 def test_pending_tasks_drops_only_tasks_whose_every_record_is_held():
     import json
 
-    from pipeline.ingest import KNOWN
+    from pipeline.formats.sources import ReadTask
     from pipeline.ledger import pending_tasks
-    from pipeline.sources import ReadTask
+    from pipeline.stages.ingest import KNOWN
 
     known = {KNOWN: True}
     held = ReadTask("a.jsonl", 0, 0, 2, flags=json.dumps({"0": known, "1": known}))

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import IngestConfig
-from pipeline.ingest import discover_inputs, plan_read_tasks, read_task
+from pipeline.stages.ingest import discover_inputs, plan_read_tasks, read_task
 from schemas import sample as S
 from tests.images import png
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.config import IngestConfig, RunConfig
-from pipeline.ingest import plan_read_tasks, read_task
 from pipeline.run import run_pipeline
+from pipeline.stages.ingest import plan_read_tasks, read_task
 from routing.policy import RoutingPolicy
 from routing.route import decide
 from schemas import sample as S

@@ -185,7 +185,7 @@ def test_pipeline_completes_under_injected_faults_and_rerun_costs_nothing(ray_lo
     from pipeline.cli import DEFAULT_N, cache_dir
     from pipeline.manifest import read_manifest
     from pipeline.run import run_pipeline
-    from pipeline.shards import connect
+    from pipeline.tools.shards import connect
 
     corpus = cache_dir() / f"sample-corpus-n{DEFAULT_N}-s0" / "corpus.jsonl"
     # every distinct request fails on its first two attempts (429, 503, dropped connection or
@@ -325,7 +325,7 @@ def run_cli(tmp_path, server_url: str, *extra: str, **llm) -> tuple[object, obje
 
 
 def statuses_in(out) -> list[str]:
-    from pipeline.shards import connect
+    from pipeline.tools.shards import connect
 
     cols = ", ".join(S.llm_status_column(d) for d in LLM_DIMENSIONS)
     return [s for row in connect(out).execute(f"SELECT {cols} FROM samples").fetchall() for s in row]
@@ -373,7 +373,7 @@ def test_cli_known_scales_are_normalised(ray_local, cache_root, tmp_path):
     m = read_manifest(out)["judges"]["llm"]
     assert sum(u["normalized"] for u in m["usage"].values()) == 16
     assert m["failure"]["error_rate"] == 0.0 and not m["failure"]["failed"]
-    from pipeline.shards import connect
+    from pipeline.tools.shards import connect
 
     scores = connect(out).execute(f"SELECT DISTINCT {S.llm_score_column('coherence')} FROM samples").fetchall()
     assert scores == [(0.75,)]

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from pipeline.cli import DEFAULT_N, app, cache_dir
 from pipeline.config import RunConfig, with_llm_judge
 from pipeline.manifest import read_manifest
-from pipeline.run import LLM_ACTOR_CPUS, TASK_CPUS, run_pipeline, stage_cpus
+from pipeline.ray_plan import LLM_ACTOR_CPUS, TASK_CPUS, stage_cpus
+from pipeline.run import run_pipeline
 from schemas import sample as S
 
 pytestmark = pytest.mark.timeout(900)
@@ -109,7 +110,7 @@ def test_each_bad_case_lands_where_its_label_says(curated, corpus_dir):
 
 def test_agreement_counts_only_the_labelled_records_out_holds(curated, corpus_dir, tmp_path):
     """A run over part of a labelled corpus is scored on that part, not on every label."""
-    from pipeline.evaluate import agreement
+    from pipeline.tools.evaluate import agreement
 
     out, _ = curated
     extra = [{"sample_id": f"absent-{i}", "case": "zoom", "expected_route": "twi", "discipline": "physics"}

@@ -24,7 +24,7 @@ from pipeline.publish import (
     publish,
     sweep_leftovers,
 )
-from pipeline.shards import SHARDS_DIR, shard_files
+from pipeline.tools.shards import SHARDS_DIR, shard_files
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[1]

@@ -103,7 +103,7 @@ def test_answers_judged_as_deepeyes_own_evaluation_judged_them(tmp_path):
     such as "The mailbox is black.", bare words such as "Purple") and must agree."""
     from judges.scientific_accuracy import ScientificAccuracyJudge
     from pipeline.config import IngestConfig
-    from pipeline.ingest import parse_payload
+    from pipeline.stages.ingest import parse_payload
 
     judge = ScientificAccuracyJudge()
     lines = DEEPEYES.read_bytes().splitlines()

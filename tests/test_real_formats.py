@@ -16,9 +16,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.config import IngestConfig
-from pipeline.ingest import discover_inputs, plan_read_tasks, read_task
-from pipeline.replay import replay_row
 from pipeline.sandbox import ProcessSandbox
+from pipeline.stages.ingest import discover_inputs, plan_read_tasks, read_task
+from pipeline.stages.replay import replay_row
 from schemas import sample as S
 from tests.images import png
 

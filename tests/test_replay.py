@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.replay import SandboxBrokenError, check_sandbox_works, replay_row, summarize_status
 from pipeline.sandbox import ProcessSandbox
+from pipeline.stages.replay import SandboxBrokenError, check_sandbox_works, replay_row, summarize_status
 from schemas import sample as S
 from tests.images import png
 
@@ -92,8 +92,8 @@ def test_sandbox_cpu_meter_counts_the_cells_work(kind):
     sandbox's own processes, for both sandbox kinds (the zygote's share shows once it has reaped
     the trajectory, at its next fork: a run's total lags by at most the last trajectory); and it
     is a delta: a take() with nothing run since adds nothing."""
-    from pipeline.replay import SandboxCpuMeter
     from pipeline.sandbox import ZygoteSandbox
+    from pipeline.stages.replay import SandboxCpuMeter
 
     box = ProcessSandbox(uid=UID, gid=UID) if kind == "process" else ZygoteSandbox(uid=UID, gid=UID)
     try:

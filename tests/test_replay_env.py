@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from judges.code_correctness import CodeCorrectnessJudge, recovered_failures
-from pipeline.judge import judge_row
-from pipeline.replay import final_exception, replay_row
 from pipeline.sandbox import SandboxLimits, ZygoteSandbox
+from pipeline.stages.judge import judge_row
+from pipeline.stages.replay import final_exception, replay_row
 from routing.policy import RoutingPolicy
 from routing.route import decide
 from schemas import sample as S

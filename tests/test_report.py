@@ -1,4 +1,4 @@
-"""The curation report (pipeline/report.py) over a real run: the plain HTML (escaping, funnel numbers,
+"""The curation report (pipeline/tools/report.py) over a real run: the plain HTML (escaping, funnel numbers,
 links, original image bytes) and the page in a real headless Chromium (tests/chromium.py).
 
 The run: nine records of the bundled corpus through `twi-curate run` — good zooms, a decorative
@@ -31,8 +31,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli import DEFAULT_N, app, cache_dir
 from pipeline.manifest import read_manifest
-from pipeline.report import THUMB_PX, write_report
-from pipeline.shards import VIEW, connect, fetch_rows
+from pipeline.tools.report import THUMB_PX, write_report
+from pipeline.tools.shards import VIEW, connect, fetch_rows
 from schemas import sample as S
 from tests.chromium import CHROMIUM, Chromium
 

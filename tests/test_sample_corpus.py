@@ -1,18 +1,21 @@
-"""Tests of the procedurally generated sample corpus (pipeline/sample_corpus.py)."""
+"""Tests of the procedurally generated sample corpus (the sample_corpus package)."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import io
 import json
 import os
 import re
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from pipeline import sample_corpus as sc
+import sample_corpus as sc
 from pipeline.formats.native import (
     KEY_ANSWER,
     KEY_CODE,
@@ -28,6 +31,10 @@ from pipeline.formats.native import (
     KEY_REASONING,
     KEY_TURNS,
 )
+from pipeline.sandbox import InputImage, SandboxLimits, ZygoteSandbox
+from pipeline.sandbox.child.worker import Worker
+from sample_corpus import execution, writer
+from sample_corpus.drawing import decoy_box
 from schemas.sample import (
     DISCIPLINES,
     IMG_SHA256,
@@ -67,14 +74,14 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One n=48 build shared by the module; every cell the generator executes is recorded."""
     out = tmp_path_factory.mktemp("sample48")
     executed: list[str] = []
-    original = sc.CellSession.run
+    original = execution.CellSession.run
 
-    def spy(self: sc.CellSession, code: str) -> tuple[str, list[bytes]]:
+    def spy(self: execution.CellSession, code: str) -> tuple[str, list[bytes]]:
         executed.append(code)
         return original(self, code)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sc.CellSession, "run", spy)
+        mp.setattr(execution.CellSession, "run", spy)
         summary = sc.build_sample_corpus(out, n=N_FULL, seed=0)
     records, labels = _load(out)
     return {"out": out, "summary": summary, "executed": executed, "records": records, "labels": labels}
@@ -215,7 +222,7 @@ def test_recorded_observations_match_reexecution(full: dict) -> None:
             continue
         inputs = [(out / p).read_bytes() for p in rec[KEY_IMAGES]]
         code_turns = [t for t in rec[KEY_TURNS] if t[KEY_CODE] is not None]
-        fresh = sc.execute_cells([t[KEY_CODE] for t in code_turns], inputs)
+        fresh = execution.execute_cells([t[KEY_CODE] for t in code_turns], inputs)
         same = []
         for t, (text, images) in zip(code_turns, fresh, strict=True):
             obs = t[KEY_OBSERVATION]
@@ -227,6 +234,49 @@ def test_recorded_observations_match_reexecution(full: dict) -> None:
             assert all(same), f"{rec[KEY_ID]}: recorded observation differs from re-execution"
         checked[case] += 1
     assert set(checked) == set(sc.CASES) - {"hostile"}
+
+
+def test_generator_and_sandbox_run_a_cell_with_one_runner(tmp_path: Path) -> None:
+    """One implementation of the cell rules: the generator's session runs its cells with the very
+    class the sandbox's worker runs a cell with, and no module of the generator runs code itself."""
+    worker = Worker(
+        {"limits": asdict(SandboxLimits()), "work_dir": str(tmp_path), "inputs": [], "req_fd": 0, "resp_fd": 1}
+    )
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, format="PNG")
+    session = execution.CellSession(tmp_path / "work", [buf.getvalue()])
+    assert type(session.runner) is type(worker.cells)
+    for path in Path(sc.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert not called & {"exec", "eval", "compile"}, f"{path.name} runs code itself"
+    # the sandbox's rules, in-process: state shared between cells, new files as PNG, the cell's traceback
+    text, images = session.run('image.crop((0, 0, 10, 10)).save("a.jpg")\nk = 2\nprint("ok")\n')
+    assert text == "ok\n" and len(images) == 1 and images[0].startswith(b"\x89PNG")
+    text, images = session.run("print(k)\n1 / (k - 2)\n")
+    assert text.startswith("2\nTraceback") and 'File "<cell1>", line 2' in text and images == []
+    assert text.endswith("ZeroDivisionError: division by zero\n")
+
+
+@pytest.mark.timeout(300)
+def test_recorded_observations_are_what_the_sandbox_replays(full: dict) -> None:
+    """Byte for byte, the recorded observations (text, images) of one record of each faithful case
+    are what the replay sandbox itself produces for the record's cells (text = stdout + error)."""
+    out = full["out"]
+    picked: dict[str, dict] = {}
+    for rec, lb in zip(full["records"], full["labels"], strict=True):
+        if lb[sc.LABEL_CASE] not in ("fabricated", "hostile"):
+            picked.setdefault(lb[sc.LABEL_CASE], rec)
+    uid = 60000 + os.getpid() % 5000
+    with ZygoteSandbox(uid=uid, gid=uid) as box:
+        for rec in picked.values():
+            inputs = [InputImage(f"input_{k}.png", (out / p).read_bytes(), p) for k, p in enumerate(rec[KEY_IMAGES])]
+            code_turns = [t for t in rec[KEY_TURNS] if t[KEY_CODE] is not None]
+            for t, o in zip(code_turns, box.replay([t[KEY_CODE] for t in code_turns], inputs), strict=True):
+                obs = t[KEY_OBSERVATION]
+                assert obs[KEY_OBS_TEXT] == o.stdout + o.error, (rec[KEY_ID], o.status)
+                assert [(out / p).read_bytes() for p in obs[KEY_OBS_IMAGES]] == [png for _, png in o.images]
+    assert set(picked) == set(sc.CASES) - {"fabricated", "hostile"}
 
 
 @pytest.mark.timeout(150)
@@ -298,13 +348,13 @@ def test_deterministic_and_seed_dependent(full: dict, tmp_path: Path) -> None:
 def test_ensure_sample_corpus_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "cache"
     calls: list[tuple[int, int]] = []
-    real_build = sc.build_sample_corpus
+    real_build = writer.build_sample_corpus
 
     def counting_build(out_dir: Path, n: int = 48, seed: int = 0) -> dict:
         calls.append((n, seed))
         return real_build(out_dir, n, seed)
 
-    monkeypatch.setattr(sc, "build_sample_corpus", counting_build)
+    monkeypatch.setattr(writer, "build_sample_corpus", counting_build)
     path = sc.ensure_sample_corpus(out, n=6, seed=3)
     assert path == out / sc.CORPUS_FILE and path.is_file()
     assert len(_read_jsonl(path)) == 6 and calls == [(6, 3)]
@@ -340,11 +390,9 @@ def test_decoy_box_terminates_when_no_point_is_far_enough():
     is then the farthest same-size region inside the image (building n=480 used to hang here)."""
     import numpy as np
 
-    from pipeline.sample_corpus import _decoy_box
-
     rng = np.random.default_rng(0)
     view = (100, 100, 500, 500)
-    box = _decoy_box(rng, view, (1200, 900), (100, 100), 400)
+    box = decoy_box(rng, view, (1200, 900), (100, 100), 400)
     assert box[2] - box[0] == 400 and box[3] - box[1] == 400
     assert box[0] >= 0 and box[1] >= 0 and box[2] <= 1200 and box[3] <= 900
     assert box[0] >= 600  # the far side of the image from the box at (100, 100)

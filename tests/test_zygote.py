@@ -418,7 +418,7 @@ def test_disabled_layers_lower_the_level_and_check_says_what_is_missing(monkeypa
 
 
 def _tiny_corpus(path: Path) -> Path:
-    from pipeline.sample_corpus import build_sample_corpus
+    from sample_corpus import build_sample_corpus
 
     build_sample_corpus(path, n=1, seed=0)
     return path

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from pipeline.config import IngestConfig
-from pipeline.discipline import resolve_discipline
+from pipeline.stages.discipline import resolve_discipline
 from schemas import sample as S
 
 IMAGE_TOKEN = "<image>"
@@ -361,7 +361,7 @@ def canonical_row(
     dataset: str | None = None,
 ) -> dict[str, Any]:
     """Assemble a valid canonical row. Ground truth defaults to :func:`ground_truth_of`,
-    discipline to :func:`pipeline.discipline.resolve_discipline`, dataset to the record's
+    discipline to :func:`pipeline.stages.discipline.resolve_discipline`, dataset to the record's
     ``dataset``/``data_source`` or the file's default."""
     if ground_truth is None:
         ground_truth = ground_truth_of(record)

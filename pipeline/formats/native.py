@@ -2,7 +2,7 @@
 
     {"id": "math-0001",                 # optional, informational
      "dataset": "twi-sample",            # optional, defaults to the file's stem
-     "discipline": "mathematics",        # optional: a discipline or a synonym (pipeline.discipline);
+     "discipline": "mathematics",        # optional: a discipline or a synonym (pipeline.stages.discipline);
                                          # else the question is classified
      "question": "...",
      "answer": "37" | null,              # ground truth, optional
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.discipline import discipline_from_value
 from pipeline.formats.base import InputError, RecordContext, canonical_row, resolve_image, text_field, turn
+from pipeline.stages.discipline import discipline_from_value
 
 KEY_ID = "id"
 KEY_DATASET = "dataset"

@@ -1,6 +1,6 @@
 """VisualSketchpad output folders (``visualsketchpad``), written from the published outputs
 (Yushi-Hu/VisualSketchpad ``outputs/<task>/<id>/``). One folder is one record;
-:mod:`pipeline.sources` finds it (a folder holding ``output.json`` beside ``request.json``,
+:mod:`pipeline.formats.sources` finds it (a folder holding ``output.json`` beside ``request.json``,
 ``ex.json``, ``example.json`` or ``usage_summary.json``) and hands the adapter
 ``{"visualsketchpad_folder": {"task": <parent folder name>, "output": <output.json>,
 "request": ..., "ex": ..., "example": ...}}`` (the sidecar files parsed, absent ones None)::
@@ -56,8 +56,8 @@ from pipeline.formats.base import (
     turn,
 )
 from pipeline.formats.chat import Msg, load_refs, normalize_messages
+from pipeline.formats.sources import SKETCHPAD_KEY
 from pipeline.formats.zoom_tools import unsupported_tool
-from pipeline.sources import SKETCHPAD_KEY
 from schemas import sample as S
 
 # VisualSketchpad agent/tools.py (Yushi-Hu/VisualSketchpad @ 3bc765d)

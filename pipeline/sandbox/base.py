@@ -21,7 +21,7 @@ from pipeline.sandbox.protocol import STDERR_MARKER as STDERR_MARKER
 from pipeline.sandbox.protocol import TRUNCATION_MARKER as TRUNCATION_MARKER
 
 # Status of one replayed cell (schemas.sample.CELL_STATUSES adds "replay_env", which only the replay
-# stage sets, on an "error" the replay environment caused: see pipeline.replay). The child reports
+# stage sets, on an "error" the replay environment caused: see pipeline.stages.replay). The child reports
 # ok, error, memory and forbidden (protocol.CHILD_STATUSES); the parent decides the others.
 STATUS_TIMEOUT = "timeout"
 STATUS_KILLED = "killed"

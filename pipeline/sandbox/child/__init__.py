@@ -6,6 +6,8 @@ only the standard library, :mod:`pipeline.sandbox.protocol`, :mod:`pipeline.sand
 and its siblings here, all at start-up, before the child masks the project directory.
 
 * :mod:`.capture`  -- per-cell capture: capped stdout/stderr, shown and written images as PNG
+* :mod:`.cell`     -- :class:`~.cell.CellRunner`, one cell run in the trajectory's namespace (also
+  run in-process by the sample-corpus generator for its own trusted cells)
 * :mod:`.errors`   -- a cell's exception: its status (error, memory, forbidden) and traceback
 * :mod:`.policy`   -- :class:`~.policy.PolicyMonitor`, the audit hook that reports attempts
 * :mod:`.paths`    -- :class:`~.paths.PathMap`, the trajectory's own paths in the work dir

@@ -8,33 +8,19 @@ level a standby init forks it in advance (:class:`PreforkedWorker`).
 
 from __future__ import annotations
 
-import ast
 import base64
-import builtins
 import contextlib
-import linecache
 import os
 import random
-import re
 import signal
 import socket
 import sys
 import time
 
 from pipeline.sandbox import isolation as iso
-from pipeline.sandbox.child.capture import (
-    IMAGE_EXTENSIONS,
-    CappedText,
-    Captures,
-    compose_output,
-    limit_capture_pixels,
-    ndarray_to_pil,
-    read_image_file,
-    safe_stem,
-    snapshot_images,
-)
-from pipeline.sandbox.child.errors import classify_exception, format_exception
-from pipeline.sandbox.child.paths import OUTPUT_ROOT, PathMap
+from pipeline.sandbox.child.capture import ndarray_to_pil, safe_stem
+from pipeline.sandbox.child.cell import CellRunner
+from pipeline.sandbox.child.paths import PathMap
 from pipeline.sandbox.child.policy import PolicyMonitor
 from pipeline.sandbox.protocol import (
     EXIT_PROTOCOL,
@@ -45,23 +31,10 @@ from pipeline.sandbox.protocol import (
     OP_EXIT,
     OP_RUN,
     STATUS_ERROR,
-    STATUS_FORBIDDEN,
-    STATUS_OK,
     cell_message,
-    image_name,
     recv_message,
     send_message,
 )
-
-
-def split_last_expression(tree):
-    """(module without its last statement, the last expression) when the cell ends on an
-    expression statement, as a notebook shows it; else (tree, None)."""
-    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
-        return tree, None
-    last = ast.Expression(tree.body[-1].value)
-    ast.copy_location(last, tree.body[-1])
-    return ast.Module(body=tree.body[:-1], type_ignores=[]), last
 
 
 class Worker:
@@ -69,19 +42,17 @@ class Worker:
         self.cfg = cfg
         self.limits = cfg["limits"]
         self.work_dir = cfg["work_dir"]
-        limit_capture_pixels(int(self.limits.get("max_output_pixels", 1 << 62)))  # what the parent keeps
         self.inputs = list(cfg["inputs"])
         originals = [str(p or "") for p in cfg.get("input_paths") or []]
         self.paths = PathMap(self.work_dir, dict(zip(originals, self.inputs, strict=False)))
-        self.processed_path: object = None
         self.req_fd = int(cfg["req_fd"])
         self.resp_fd = int(cfg["resp_fd"])
-        self.capture = Captures(0, 0)
-        self.namespace: dict = {}
         self.notes: list[str] = []
         self.pid = os.getpid()
         self.seccomp = seccomp  # an iso.SeccompFilter built by the zygote, or None: build it here
         self.policy = PolicyMonitor(self.work_dir, iso.interpreter_paths())
+        # the cells' namespace and their execution and capture (shared with in-process callers)
+        self.cells = CellRunner(self.work_dir, self.inputs, self.paths, self.limits, self.policy)
 
     # -- set-up -----------------------------------------------------------------------------
     def isolate(self, layers: dict[str, bool]) -> None:
@@ -98,19 +69,19 @@ class Worker:
         from matplotlib.figure import Figure
         from PIL import Image
 
-        worker = self
+        cells = self.cells  # its capture is the current cell's
 
         def show(*args, **kwargs):  # noqa: ARG001 - matplotlib.pyplot.show signature
             managers = sorted(_pylab_helpers.Gcf.get_all_fig_managers(), key=lambda m: m.num)
             for manager in managers:
-                worker.capture.add_figure(manager.canvas.figure, "figure")
+                cells.capture.add_figure(manager.canvas.figure, "figure")
             plt.close("all")
 
         def figure_show(self, *args, **kwargs):  # noqa: ARG001
-            worker.capture.add_figure(self, "figure")
+            cells.capture.add_figure(self, "figure")
 
         def image_show(self, *args, **kwargs):  # noqa: ARG001
-            worker.capture.add_pil(self, "show")
+            cells.capture.add_pil(self, "show")
 
         plt.show = show
         matplotlib.pyplot.show = show
@@ -120,7 +91,7 @@ class Worker:
         if cv2 is not None:
 
             def imshow(winname, mat):
-                worker.capture.add_pil(ndarray_to_pil(mat, bgr=True), safe_stem(str(winname)))
+                cells.capture.add_pil(ndarray_to_pil(mat, bgr=True), safe_stem(str(winname)))
 
             cv2.imshow = imshow
             cv2.waitKey = lambda *a, **k: -1
@@ -128,146 +99,20 @@ class Worker:
             cv2.destroyWindow = lambda *a, **k: None
             cv2.namedWindow = lambda *a, **k: None
 
-    def display(self, *objs, **kwargs) -> None:  # noqa: ARG002 - IPython.display.display stand-in
-        from matplotlib.figure import Figure
-        from PIL import Image
-
-        for obj in objs:
-            if isinstance(obj, Image.Image):
-                self.capture.add_pil(obj, "display")
-            elif isinstance(obj, Figure):
-                self.capture.add_figure(obj, "figure")
-            else:
-                print(repr(obj))
-
     def build_namespace(self) -> None:
-        from PIL import Image
-
-        loaded = []
-        for name in self.inputs:
-            try:
-                im = Image.open(name)
-                im.load()  # reads the pixels and closes the file
-                loaded.append(im)
-            except Exception as exc:  # noqa: BLE001 - the cells will fail on it, visibly
-                self.notes.append(f"input {name}: {type(exc).__name__}: {exc}")
-                loaded.append(None)
         random.seed(0)
         np = sys.modules.get("numpy")
         if np is not None:
             np.random.seed(0)
         if self.work_dir not in sys.path:
             sys.path.append(self.work_dir)
-        try:
-            self.paths.prepare()
-        except OSError as exc:
-            self.notes.append(f"output folder {OUTPUT_ROOT}: {exc}")
-        paths = list(self.inputs)  # relative to the work dir, the cells' cwd
-        self.namespace = {
-            "__name__": "__main__",
-            "__builtins__": builtins,
-            "image": loaded[0] if loaded else None,
-            "images": loaded,
-            "image_path": paths[0] if paths else None,
-            "image_paths": paths,
-            "work_dir": self.work_dir,
-            "display": self.display,
-            # PyVision exposes the inputs as image_clue_0, image_clue_1, ...
-            **{f"image_clue_{k}": im for k, im in enumerate(loaded)},
-        }
+        self.cells.build_namespace(self.notes)
 
     # -- cells ------------------------------------------------------------------------------
     def run_cell(self, index: int, code: str) -> dict:
-        cap = int(self.limits["max_output_bytes"])
-        out, err = CappedText(cap), CappedText(cap)
-        self.capture = Captures(int(self.limits["max_images_per_cell"]), int(self.limits["max_file_bytes"]))
-        before = snapshot_images(self.work_dir)
-        filename = f"<cell{index}>"
-        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        status, error = STATUS_OK, ""
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = out, err
-        self.policy.violations = []
-        try:
-            body, last = split_last_expression(self.paths.rewrite(ast.parse(code, filename)))
-            compiled = compile(body, filename, "exec", dont_inherit=True)
-            shown = compile(last, filename, "eval", dont_inherit=True) if last is not None else None
-            self.policy.active = True
-            exec(compiled, self.namespace)
-            if shown is not None:
-                self.show_result(eval(shown, self.namespace))
-        except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt are cell errors too
-            status = classify_exception(exc)
-            error = format_exception(exc, cap)
-        finally:
-            self.policy.active = False
-            if os.getpid() != self.pid:
-                os._exit(0)  # a process the cell forked fell through: it must not answer the parent
-            sys.stdout, sys.stderr = saved
-        if self.policy.violations:  # attempted, even if the cell caught the refusal
-            status = STATUS_FORBIDDEN
-            error = ("\n".join(dict.fromkeys(self.policy.violations)) + ("\n" + error if error else ""))[:cap]
-        images = self.collect_images(index, before, out.getvalue().decode("utf-8", "replace"))
-        stdout = self.paths.unmap(compose_output(out, err, self.capture.notes, cap))
-        return cell_message(index, status, stdout, self.paths.unmap(error), images)
-
-    def show_result(self, value) -> None:
-        """A notebook shows a cell's last expression: images are captured (text is not echoed,
-        matching the recorded observations of script-style trajectories)."""
-        from matplotlib.figure import Figure
-        from PIL import Image
-
-        if isinstance(value, Image.Image):
-            self.capture.add_pil(value, "output")
-        elif isinstance(value, Figure):
-            self.capture.add_figure(value, "figure")
-
-    def referenced_images(self, stdout: str) -> list[str]:
-        """Work-dir image files (not inputs) the cell pointed at without writing them in this
-        cell: a changed ``processed_path`` variable (Thyme), or paths it printed."""
-        found = []
-        value = self.namespace.get("processed_path")
-        if isinstance(value, str) and value != self.processed_path:
-            found.append(value)
-        self.processed_path = value if isinstance(value, str) else None
-        # tokens between blanks and quotes (linear: no backtracking over a flood of output)
-        found += [t.rstrip(".,;:)]}") for t in re.split(r"[\s'\"(\[{,]+", stdout)]
-        found = list(dict.fromkeys(t for t in found if t and t.lower().endswith(IMAGE_EXTENSIONS)))
-        found = found[: 4 * int(self.limits["max_images_per_cell"]) + 1]  # a flood of names costs no more
-        rels = []
-        for path in found:
-            full = os.path.realpath(os.path.join(self.work_dir, path))
-            rel = os.path.relpath(full, os.path.realpath(self.work_dir))
-            if rel.startswith(("..", os.sep)) or rel in self.inputs or rel in self.paths.aliases or not os.path.isfile(full):
-                continue
-            rels.append(rel)
-        return list(dict.fromkeys(rels))
-
-    def collect_images(self, index: int, before: dict, stdout: str = "") -> list[dict]:
-        capture = self.capture
-        shown, capture.items, capture.bytes = capture.items, [], 0
-        after = snapshot_images(self.work_dir)
-        inputs = set(self.inputs)
-        changed, inodes = [], set()
-        for p in sorted(p for p, sig in after.items() if p not in inputs and before.get(p) != sig):
-            if after[p][2] not in inodes:  # one file under several names (an input's aliases) is one image
-                inodes.add(after[p][2])
-                changed.append(p)
-        changed += [p for p in self.referenced_images(stdout) if p not in changed]
-        for rel in changed:
-            stem = safe_stem(os.path.splitext(os.path.basename(rel))[0])
-            if not capture.room():
-                capture.notes.append(
-                    f"image {rel!r} not kept: more than {capture.max_images} images in this cell"
-                )
-                continue
-            capture.add_png(stem, read_image_file(os.path.join(self.work_dir, rel), rel, capture.notes))
-        for stem, png in shown:  # files first (sorted by path), then shown images in call order
-            capture.add_png(stem, png)
-        return [
-            {"name": image_name(index, k, stem), "png": base64.b64encode(png).decode("ascii")}
-            for k, (stem, png) in enumerate(capture.items)
-        ]
+        result = self.cells.run(index, code)
+        images = [{"name": name, "png": base64.b64encode(png).decode("ascii")} for name, png in result.images]
+        return cell_message(index, result.status, result.stdout, result.error, images)
 
     def serve(self) -> None:
         while True:

@@ -123,7 +123,7 @@ class ReadTask:
     ``offset``..``end`` is the byte range holding them; for Parquet/Arrow ``offset`` is the first
     row. ``format`` is the adapter detected for the file ('' = none), ``forced`` means every
     record goes through it. ``flags`` carries dedup/contamination verdicts (JSON, see
-    pipeline.dedup); ``note`` why an unreadable file could not be opened."""
+    pipeline.stages.dedup); ``note`` why an unreadable file could not be opened."""
 
     file: str
     offset: int

@@ -1,6 +1,6 @@
 """Ingest: input files -> canonical sample rows (schemas.sample), one row per input record.
 
-The driver only plans (pipeline.sources): it finds record boundaries (JSONL lines, JSON array
+The driver only plans (pipeline.formats.sources): it finds record boundaries (JSONL lines, JSON array
 elements, Parquet/Arrow rows) and emits small read tasks; it also detects each file's format
 from its first records (the first adapter of pipeline.formats.ADAPTERS that recognises one), or
 takes the one forced with ``--format``. Workers read their slice and parse it, so the driver
@@ -14,7 +14,7 @@ wrong_type, empty_trajectory, missing_image, remote_image, corrupt_image, image_
 decompression_bomb, image_placeholder_mismatch, unterminated_code, unterminated_answer,
 unterminated_observation, orphan_observation, unsupported_turns,
 unreadable_image, unreadable_file, truncated_file, unreadable_record, binary_file:<what> (a
-pickle, archive, image... given as input: one row, never deserialised, see pipeline.sources),
+pickle, archive, image... given as input: one row, never deserialised, see pipeline.formats.sources),
 unsupported_tool:<name> (a tool the sandbox cannot have), and
 adapter_error:<exception type> for an input shape no adapter anticipated.
 """
@@ -24,22 +24,22 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from pipeline import sources
 from pipeline.config import IngestConfig
-from pipeline.formats import detect_adapter, find_adapter, get_adapter
+from pipeline.formats import detect_adapter, find_adapter, get_adapter, sources
 from pipeline.formats.base import (  # noqa: F401  (re-exported: ingest's public names)
     InputError,
     RecordContext,
     image_from_bytes,
     load_image,
 )
-from pipeline.sources import ReadTask, discover_inputs  # noqa: F401  (re-exported)
+from pipeline.formats.sources import ReadTask, discover_inputs  # noqa: F401  (re-exported)
+from pipeline.stage import Stage
 from schemas import sample as S
 
 _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
@@ -114,7 +114,7 @@ def read_plan(path: Path, window: int) -> Iterator[list[ReadTask]]:
 
 # --- parsing (workers) ---------------------------------------------------------------------
 def _decode(payload: bytes | dict[str, Any] | Exception) -> Any:
-    """A payload from pipeline.sources -> the parsed record; InputError for unreadable ones."""
+    """A payload from pipeline.formats.sources -> the parsed record; InputError for unreadable ones."""
     if isinstance(payload, dict):
         return payload
     if isinstance(payload, sources.BinaryInput):
@@ -253,24 +253,18 @@ def read_task(task: ReadTask | dict, cfg: IngestConfig) -> list[dict[str, Any]]:
     return rows
 
 
-_TASK_FIELDS = tuple(f.name for f in fields(ReadTask))
-
-
-def task_from_batch(batch: dict[str, Any], i: int) -> ReadTask:
-    return ReadTask(**{k: _scalar(batch[k][i]) for k in _TASK_FIELDS})
-
-
 def task_items(tasks: list[ReadTask]) -> list[dict[str, Any]]:
     """Tasks as plain dicts for ray.data.from_items."""
     return [asdict(t) for t in tasks]
 
 
-def ingest_batch(batch: dict[str, Any], cfg: IngestConfig) -> Iterator[pa.Table]:
-    """Ray Data map_batches fn: a batch of ReadTask dicts -> canonical tables."""
-    for i in range(len(batch["file"])):
-        yield S.to_table(read_task(task_from_batch(batch, i), cfg))
+@dataclass(kw_only=True)
+class IngestStage(Stage):
+    """Ray stage (tasks): read tasks (rows of :func:`task_items`) -> canonical rows, valid or invalid."""
 
+    name = "ingest"
+    recorded = False  # the run's metrics time the curation stages; its rows are the input records
+    cfg: IngestConfig
 
-def _scalar(v: Any) -> Any:
-    v = v.item() if hasattr(v, "item") else v
-    return v
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [row for task in rows for row in read_task(task, self.cfg)]

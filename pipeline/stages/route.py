@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
+from pipeline.stage import Stage
 from routing.policy import RoutingPolicy
 from routing.route import decide
 from routing.text_conversion import to_text_sample
 from schemas import sample as S
 
 
-def route_batch(batch: pa.Table, policy: RoutingPolicy, lineage: dict[str, Any], stage_metrics: Any = None):
-    start = time.perf_counter()
-    rows = batch.to_pylist()
+def route_rows(rows: list[dict[str, Any]], policy: RoutingPolicy, lineage: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each row (updated in place) with its route, the reasons, the text sample of a text-route
+    row, and its lineage."""
     for row in rows:
         decision = decide(row, policy)
         row[S.ROUTE] = decision.route
@@ -23,7 +22,16 @@ def route_batch(batch: pa.Table, policy: RoutingPolicy, lineage: dict[str, Any],
         if decision.route == "text":  # the text sample derives from this TwI trajectory
             row[S.TEXT_RESPONSE], row[S.TEXT_FLAGS] = to_text_sample(row)
         row[S.LINEAGE] = {**lineage, S.LIN_DERIVED_FROM: row[S.SAMPLE_ID] if decision.route == "text" else None}
-    out = S.to_table(rows)
-    if stage_metrics is not None:
-        stage_metrics.add.remote("routing", out.num_rows, time.perf_counter() - start)
-    return out
+    return rows
+
+
+@dataclass(kw_only=True)
+class RouteStage(Stage):
+    """Ray stage (tasks): :func:`route_rows` on every batch."""
+
+    name = "routing"
+    policy: RoutingPolicy
+    lineage: dict[str, Any]
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return route_rows(rows, self.policy, self.lineage)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.shards import VIEW, connect
+from pipeline.tools.shards import VIEW, connect
 from schemas import sample as S
 
 
@@ -42,7 +42,7 @@ def top_reasons(out_dir: Path, route: str = S.ROUTE_REJECTED, limit: int = 15) -
 
 def stages_by_discipline(out_dir: Path) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Samples per curriculum stage and discipline under the default curriculum policy."""
-    from pipeline.export import load_rows
+    from pipeline.tools.export import load_rows
     from routing.curriculum import STAGES, CurriculumPolicy, select_stage
 
     rows = load_rows(out_dir)

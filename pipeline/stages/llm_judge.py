@@ -9,14 +9,12 @@ breaker and judging deadline apply to the pool as a whole.
 from __future__ import annotations
 
 import asyncio
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from judges.llm import LLMJudgeClient, LLMJudgeSettings, LocalGuard, ResponseCache, guard_limits, judge_rows
-from schemas import sample as S
+from pipeline.stage import Stage
 
 
 class PoolGuard:
@@ -30,24 +28,27 @@ class PoolGuard:
         return await self.metrics.judge_guard.remote(op, *args)
 
 
-class LLMJudgeStage:
-    """Ray Data callable: one event loop, one HTTP client and one semaphore per actor."""
+@dataclass(kw_only=True)
+class LLMJudgeStage(Stage):
+    """Ray stage (actors): one event loop, one HTTP client and one semaphore per actor; the
+    client's request counters go to the run's StageMetrics actor with every batch."""
 
-    def __init__(self, settings: LLMJudgeSettings, cache_dir: str, stage_metrics: Any = None):
+    name = "llm_judges"
+    actor = True
+    settings: LLMJudgeSettings
+    cache_dir: str
+
+    def setup(self, metrics: Any | None) -> None:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         # without the run's metrics actor (benchmarks), each actor guards alone
-        guard = PoolGuard(stage_metrics, settings) if stage_metrics is not None else LocalGuard(settings)
-        self.client = LLMJudgeClient(settings, ResponseCache(Path(cache_dir)), guard=guard)
-        self.judge_id = f"llm/{settings.model}"
-        self.metrics = stage_metrics
+        guard = PoolGuard(metrics, self.settings) if metrics is not None else LocalGuard(self.settings)
+        self.client = LLMJudgeClient(self.settings, ResponseCache(Path(self.cache_dir)), guard=guard)
+        self.judge_id = f"llm/{self.settings.model}"
+        self.metrics = metrics
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        start = time.perf_counter()
-        rows = batch.to_pylist()
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         counters = self.loop.run_until_complete(judge_rows(rows, self.client, self.judge_id))
-        out = S.to_table(rows)
         if self.metrics is not None:
-            self.metrics.add.remote("llm_judges", out.num_rows, time.perf_counter() - start)
             self.metrics.add_counters.remote("llm", counters)
-        return out
+        return rows

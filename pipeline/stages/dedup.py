@@ -1,5 +1,5 @@
 """Dedup and decontamination: which records duplicate another, which share an (image, question)
-with others (best-of-N groups, pipeline.best_of_n), which overlap a benchmark.
+with others (best-of-N groups, pipeline.stages.best_of_n), which overlap a benchmark.
 
 Keys. One key row per valid record that has a trajectory: ``sample_id`` (content hash),
 ``qkey`` (hash of the normalised question: lower-cased, tags such as ``<image>`` dropped, runs
@@ -11,8 +11,8 @@ DuckDB groups them out of core (a database file in the run's work dir, spilling 
 memory limit), so neither the driver nor any worker holds the corpus; the heavy ``detail``
 column is only read for pHash candidates.
 
-Two passes, no image decoded twice for dedup (pipeline.run wires them):
-  * pre-pass, light (:func:`keys_batch`, Ray Data): parses every record as ingest does (the
+Two passes, no image decoded twice for dedup (pipeline.dedup_pass wires them):
+  * pre-pass, light (:class:`KeysStage`, Ray Data): parses every record as ingest does (the
     image bytes are read and sha256-hashed, as ``sample_id`` needs) but decodes no image; its
     keys have null ``phash`` / ``aspect`` / ``detail``. Only the exact duplicates are decided
     here, so they are known before replay: they are neither replayed nor judged (replay status
@@ -25,7 +25,7 @@ Two passes, no image decoded twice for dedup (pipeline.run wires them):
     from that array (ingest used to decode it a second time for the keys alone: ~36 s of CPU on
     480 records). After each window :func:`compact_keys` merges the files. After routing,
     :func:`post_verdicts` finds the
-    (image, question) groups and the benchmark overlap from these keys, and pipeline.best_of_n
+    (image, question) groups and the benchmark overlap from these keys, and pipeline.stages.best_of_n
     applies them to the staged shards. A contaminated record is therefore replayed and judged
     like any other, then rejected with ``contaminated:<name>`` (routed again) before best-of-N
     ranks the groups; its exact duplicates (same sample_id) get the same reason.
@@ -65,7 +65,7 @@ Verdicts (deterministic whatever the parallelism: only the order (file, idx) and
     a !~ c gives {a, b} and {c}), and identical copies cost one comparison. Groups of two or more
     members are written to ``groups.parquet`` (file, idx, sample_id, dedup_group = sample_id of
     the group's first record); they are NOT rejected here: every member is replayed, judged and
-    routed, and pipeline.best_of_n keeps the best N by score after routing, rejecting the others
+    routed, and pipeline.stages.best_of_n keeps the best N by score after routing, rejecting the others
     as ``duplicate_of:<kept id>``. A JPEG re-encode or downscale of a record asked the same
     question therefore lands in its group and competes on score (ties prefer the larger image);
   * contamination: the normalised question equals a benchmark question, or the first image is
@@ -74,7 +74,7 @@ Verdicts (deterministic whatever the parallelism: only the order (file, idx) and
 
 Only the flagged records come back to the driver: the exact duplicates ride along with their
 read tasks into the main pass, where ingest fills ``duplicate_of`` and routing turns it into a
-reason; the contaminated sample_ids (a small set) go to pipeline.best_of_n.apply_contamination.
+reason; the contaminated sample_ids (a small set) go to pipeline.stages.best_of_n.apply_contamination.
 Group membership stays on disk (``groups.parquet``) until the best-of-N pass reads it.
 
 Benchmark file (``--benchmark FILE``): JSONL, one ``{"name": ..., "question": ...?,
@@ -93,7 +93,7 @@ import re
 import unicodedata
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -108,9 +108,10 @@ from scipy.fft import dctn
 
 from pipeline.config import DedupConfig, IngestConfig
 from pipeline.formats.base import InputError, RecordContext, resolve_image
-from pipeline.ingest import read_task, task_from_batch
-from pipeline.shards import sql_str
-from pipeline.sources import ReadTask
+from pipeline.formats.sources import ReadTask
+from pipeline.stage import Stage
+from pipeline.stages.ingest import read_task
+from pipeline.tools.shards import sql_str
 from schemas import sample as S
 
 KEY_SID, KEY_FILE, KEY_IDX, KEY_QKEY = "sample_id", "file", "idx", "qkey"
@@ -260,19 +261,29 @@ def key_row(
     }
 
 
-def keys_batch(batch: dict[str, Any], cfg: IngestConfig) -> Iterator[pa.Table]:
-    """Ray Data map_batches fn of the pre-pass: a batch of ReadTask dicts -> light key rows
-    (KEY_SCHEMA, image columns null: the records are parsed, no image is decoded). Records that
-    have no key (invalid, no trajectory) get a row with ``valid`` false: sample_id, file and
-    index only, for the run ledger (pipeline.ledger); dedup ignores them."""
-    keys = []
-    for i in range(len(batch["file"])):
-        for row in read_task(task_from_batch(batch, i), cfg):
-            k = key_row(row, images=False)
-            keys.append(k if k is not None else {
-                KEY_SID: row[S.SAMPLE_ID], KEY_FILE: row[S.SOURCE][S.SRC_FILE], KEY_IDX: row[S.SOURCE][S.SRC_INDEX],
-                KEY_VALID: False})
-    yield pa.Table.from_pylist(keys, schema=KEY_SCHEMA)
+@dataclass(kw_only=True)
+class KeysStage(Stage):
+    """Ray stage (tasks) of the pre-pass: read tasks (rows of pipeline.stages.ingest.task_items) -> light
+    key rows (KEY_SCHEMA, image columns null: the records are parsed, no image is decoded).
+    Records that have no key (invalid, no trajectory) get a row with ``valid`` false: sample_id,
+    file and index only, for the run ledger (pipeline.ledger); dedup ignores them."""
+
+    name = "dedup_keys"
+    recorded = False  # a pass before the curation stages, timed as a whole (manifest timings.dedup_s)
+    cfg: IngestConfig
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        keys = []
+        for task in rows:
+            for row in read_task(task, self.cfg):
+                k = key_row(row, images=False)
+                keys.append(k if k is not None else {
+                    KEY_SID: row[S.SAMPLE_ID], KEY_FILE: row[S.SOURCE][S.SRC_FILE],
+                    KEY_IDX: row[S.SOURCE][S.SRC_INDEX], KEY_VALID: False})
+        return keys
+
+    def to_table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        return pa.Table.from_pylist(rows, schema=KEY_SCHEMA)
 
 
 def write_block_keys(

@@ -1,7 +1,7 @@
 """Best-of-N: among the rollouts of one (image, question), keep the best N; reject the others.
 
 Runs after routing, on the staged shards of a run (before they are published), with the
-(image, question) groups that pipeline.dedup wrote to ``groups.parquet`` (two or more members
+(image, question) groups that pipeline.stages.dedup wrote to ``groups.parquet`` (two or more members
 each; exact duplicates are never members). Every member was replayed, judged and routed like any
 record, so each carries its own scores.
 
@@ -32,7 +32,7 @@ rejected row); its scores, explanations and replay stay, so the choice can be in
 always names a kept record.
 
 Benchmark contamination is applied first, on the same staged shards (:func:`apply_contamination`:
-the rows whose sample_id pipeline.dedup.post_verdicts found in a benchmark get
+the rows whose sample_id pipeline.stages.dedup.post_verdicts found in a benchmark get
 ``contaminated_by`` and are routed again), so a contaminated rollout ranks in the rejected tier.
 
 Out of core: DuckDB (a database file in the work dir, spilling beyond its memory limit) joins the
@@ -52,8 +52,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.route import route_batch
-from pipeline.shards import read_shard_file, sql_str
+from pipeline.stages.route import route_rows
+from pipeline.tools.shards import read_shard_file, sql_str
 from routing.policy import RoutingPolicy
 from schemas import sample as S
 
@@ -152,7 +152,7 @@ def apply_contamination(
     memory_limit: str = "256MB",
 ) -> int:
     """Set ``contaminated_by`` on the staged rows whose sample_id overlaps a benchmark
-    (``{sample_id: [benchmark names]}`` from pipeline.dedup.post_verdicts) and route them again
+    (``{sample_id: [benchmark names]}`` from pipeline.stages.dedup.post_verdicts) and route them again
     (so they become ``rejected`` with ``contaminated:<name>``). Runs before :func:`select_best`,
     so a contaminated rollout ranks in the rejected tier. Returns the number of rows changed."""
     shards_dir, work_dir = Path(shards_dir), Path(work_dir)
@@ -224,7 +224,7 @@ def _rewrite(
         else:
             row.update(update)
             changed.append(row)
-    rerouted = route_batch(S.to_table(changed), policy, lineage).to_pylist() if changed else []
+    rerouted = route_rows(S.to_table(changed).to_pylist(), policy, lineage) if changed else []
     out = S.to_table(kept + rerouted)
     stem = REWRITTEN_PREFIX + uuid.uuid4().hex[:12]
     for (route, discipline), part in _split(out).items():

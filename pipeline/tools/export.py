@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.shards import VIEW, connect, fetch_rows
+from pipeline.tools.shards import VIEW, connect, fetch_rows
 from routing.curriculum import CurriculumPolicy, difficulty, select_stage
 from schemas import sample as S
 

@@ -6,7 +6,7 @@ thumbnails in ``data:`` URLs, and each thumbnail links to the original bytes cop
 next to the report (``report_files/<sample_id>_<k>.<ext>``), never re-encoded. A
 Content-Security-Policy meta tag allows no script at all.
 
-Read-only over the shards (pipeline.shards) and the manifest (pipeline.manifest):
+Read-only over the shards (pipeline.tools.shards) and the manifest (pipeline.manifest):
 
 - **funnel** — every row is counted once, at the first stage that removed it: invalid input (an
   ``input_error``, or ``no_trajectory``) -> duplicates / contaminated (``duplicate_of:`` /
@@ -25,7 +25,7 @@ Read-only over the shards (pipeline.shards) and the manifest (pipeline.manifest)
 - gallery: a deterministic sample per route (``samples`` rows each of twi, text, rejected, ordered
   by a hash of the row; None = every row) plus examples of the top rejection reasons: question,
   input images, each cell's code with the recorded and the replayed output side by side and its
-  fidelity, the six scores with their explanations, route and reasons, the text version.
+  fidelity, the scores of every dimension with their explanations, route and reasons, the text version.
 
 Everything that comes from data is escaped (html.escape): a trajectory is untrusted.
 """
@@ -45,7 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.manifest import MANIFEST
-from pipeline.shards import VIEW, connect, fetch_rows
+from pipeline.tools.shards import VIEW, connect, fetch_rows
+from routing.policy import RoutingPolicy, threshold_key
+from schemas import dimensions as D
 from schemas import sample as S
 
 REPORT = "report.html"
@@ -76,7 +78,7 @@ ROUTE_COLORS = {S.ROUTE_TWI: "#2e7d32", S.ROUTE_TEXT: "#1565c0", S.ROUTE_REJECTE
 
 def below_route(dim: str) -> str:
     """Where a score below its dimension's minimum sends a sample (routing.route.decide)."""
-    return S.ROUTE_TEXT if dim == S.VISUAL_GAIN else S.ROUTE_REJECTED
+    return D.get(dim).below
 
 
 DURATION_BINS_MS = (0, 10, 30, 100, 300, 1000, 3000, 10000)
@@ -286,8 +288,6 @@ def find_runs(out_dir: Path) -> list[dict[str, Any]]:
 
 def routing_thresholds(manifest: dict[str, Any] | None) -> tuple[dict[str, float], str]:
     """Threshold per dimension from the manifest's config (else the policy's defaults), and where from."""
-    from routing.policy import RoutingPolicy
-
     stored = ((manifest or {}).get("config") or {}).get("routing")
     source = "the run's config (manifest.json)"
     try:
@@ -438,7 +438,7 @@ def histogram_svg(dim: str, hist: dict[str, Any], threshold: float, below: str) 
         x = pl + t * plot_w
         parts.append(f'<text x="{x:.1f}" y="{pt + plot_h + 13}" text-anchor="middle" class="s">{t:g}</text>')
     x = pl + threshold * plot_w
-    name = f"min_{dim}"
+    name = threshold_key(dim)
     parts.append(f'<line x1="{x:.1f}" y1="{pt - 4}" x2="{x:.1f}" y2="{pt + plot_h}" stroke="#000" '
                  f'stroke-width="1.5" stroke-dasharray="4 3"><title>{name} = {threshold:g}</title></line>')
     label = f"{name} {threshold:g}: " + (f"below → {below}" if threshold > 0 else "disabled")

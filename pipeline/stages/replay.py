@@ -1,8 +1,8 @@
 """Replay: run every code cell of each trajectory in the sandbox and store what really happened.
 
-One sandbox per Ray actor (expensive setup once, in ``__init__``). Per cell the replay keeps
-status, stdout, error, duration, produced images and its fidelity to the recorded observation;
-per sample ``replay_status`` sums it up:
+One sandbox per Ray actor (expensive setup once, in :meth:`ReplayStage.setup`). Per cell the
+replay keeps status, stdout, error, duration, produced images and its fidelity to the recorded
+observation; per sample ``replay_status`` sums it up:
   ``not_run`` (invalid input), ``no_code``, ``ok`` (every cell ok), or the worst cell status
   (``forbidden`` > ``replay_env`` > ``memory`` > ``timeout`` > ``killed`` > ``error``).
 
@@ -34,24 +34,26 @@ from __future__ import annotations
 import ast
 import builtins
 import io
+import logging
 import os
 import posixpath
 import re
 import resource
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
 import ray
 from PIL import Image
 
-from pipeline.config import ReplayConfig
-from pipeline.fidelity import cell_fidelity
+from pipeline.config import ReplayConfig, RunConfig
 from pipeline.sandbox import InputImage
-from pipeline.sandbox.levels import make_sandbox, sandbox_limits, sandbox_uid
+from pipeline.sandbox.levels import SandboxLevelError, check_level, make_sandbox, sandbox_limits, sandbox_uid
+from pipeline.stage import Stage
+from pipeline.stages.fidelity import cell_fidelity
 from schemas import sample as S
+
+log = logging.getLogger(__name__)
 
 STATUS_SEVERITY = (S.STATUS_FORBIDDEN, S.REPLAY_ENV_STATUS, "memory", "timeout", "killed", "error")
 
@@ -328,37 +330,53 @@ class SandboxCpuMeter:
         return used
 
 
-class ReplayActor:
-    """Ray Data actor: owns one sandbox for its lifetime and replays batches of samples."""
+@dataclass(kw_only=True)
+class ReplayStage(Stage):
+    """Ray stage (actors): each actor owns one sandbox for its lifetime and replays batches of
+    samples; the run fuses the metric judges after it, in the same actor (pipeline.stage.Fused)."""
 
-    def __init__(self, cfg: ReplayConfig, stage_metrics: Any = None, allow_weak_sandbox: bool = False,
-                 judging: Callable[[], Any] | None = None):
+    name = "replay"
+    actor = True
+    cfg: ReplayConfig
+    allow_weak_sandbox: bool = False
+
+    def setup(self, metrics: Any | None) -> None:
         # replay.sandbox picks the kind (default: the zygote); it refuses to start below
         # replay.min_sandbox_level unless the run was started with --allow-weak-sandbox.
         self.sandbox = make_sandbox(
-            cfg.sandbox,
-            sandbox_limits(cfg),
+            self.cfg.sandbox,
+            sandbox_limits(self.cfg),
             uid=sandbox_uid(),
-            min_level=cfg.min_sandbox_level,
-            allow_weaker=allow_weak_sandbox,
+            min_level=self.cfg.min_sandbox_level,
+            allow_weaker=self.allow_weak_sandbox,
         )
-        self.metrics = stage_metrics
-        if stage_metrics is not None:  # where this actor (and its sandbox) runs, for the manifest
-            stage_metrics.add_counters.remote("placement", {"replay": {ray.get_runtime_context().get_node_id(): 1}})
+        if metrics is not None:  # where this actor (and its sandbox) runs, for the manifest
+            metrics.add_counters.remote("placement", {"replay": {ray.get_runtime_context().get_node_id(): 1}})
         check_sandbox_works(self.sandbox)
         self.sandbox_cpu = SandboxCpuMeter(self.sandbox)
-        # the metric judges run here, on the rows just replayed (pipeline.judge.JudgeStage): the
-        # replayed images never cross to another pool, and one actor keeps a core busy both
-        # while its sandbox works and while it judges
-        self.judging = judging() if judging is not None else None
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        start, cpu = time.perf_counter(), time.process_time()
-        self.sandbox_cpu.take()
-        rows = [replay_row(r, self.sandbox) for r in batch.to_pylist()]
-        if self.metrics is not None:
-            used = time.process_time() - cpu + self.sandbox_cpu.take()
-            self.metrics.add.remote("replay", len(rows), time.perf_counter() - start, used)
-        if self.judging is not None:
-            rows = self.judging.judge_rows(rows)
-        return S.to_table(rows)
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [replay_row(r, self.sandbox) for r in rows]
+
+    def extra_cpu_s(self) -> float:
+        """The sandbox processes' CPU (:class:`SandboxCpuMeter`): the cells' own work."""
+        return self.sandbox_cpu.take()
+
+
+def ensure_sandbox_level(
+    cfg: RunConfig, allow_weak_sandbox: bool = False, warn: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Start a sandbox as configured and compare its layers with ``replay.min_sandbox_level``.
+
+    Raises :class:`SandboxLevelError` (saying which layers are missing and what to do) when the
+    level is not met, unless ``allow_weak_sandbox``. Returns the check for the manifest.
+    """
+    ok, report = check_level(cfg.replay)
+    if not ok:
+        if not allow_weak_sandbox:
+            raise SandboxLevelError("refusing to replay untrusted code: " + report.advice())
+        (warn or log.warning)(
+            f"WEAK SANDBOX: {report.summary()}; missing: {', '.join(report.missing) or report.error}. "
+            "Proceeding only because of --allow-weak-sandbox: the replayed code is less isolated than configured."
+        )
+    return report.as_dict()

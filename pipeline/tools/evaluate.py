@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.shards import VIEW, connect, sql_str
+from pipeline.tools.shards import VIEW, connect, sql_str
 from schemas import sample as S
 
 LABELS_FILE = "labels.jsonl"

@@ -1,0 +1,98 @@
+"""Executing a run (pipeline.run, step 3): the curation stages streamed through Ray Data and
+committed in units, each written to a temporary folder and renamed when complete
+(pipeline.publish.Units): a killed run resumes after its last complete unit, and no row is
+written twice. The first unit holds OUT's earlier rows, carried over as they are or recomputed
+from the first stage whose settings changed (pipeline.ledger); then one unit per window of read
+tasks.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import ray
+
+from pipeline.ledger import carry_over, pending_tasks
+from pipeline.progress import progress_poller
+from pipeline.publish import Units
+from pipeline.ray_plan import TASK_CPUS, StageArgs
+from pipeline.run_state import Run
+from pipeline.stage import Stage, add_stage
+from pipeline.stages.dedup import PENDING_DIR, attach_verdicts, compact_keys
+from pipeline.stages.ingest import ReadTask, task_items
+from pipeline.tools.shards import SHARDS_DIR, read_shard_file
+from schemas import sample as S
+
+PREVIOUS_ROWS = "previous-rows"  # earlier rows to recompute (work dir)
+Stages = Callable[[str, StageArgs], list[Stage]]  # pipeline.run.curation_stages: (first stage, args) -> stages
+
+
+def through(ds: ray.data.Dataset, stages: list[Stage], metrics: Any) -> ray.data.Dataset:
+    """``ds`` through ``stages``, in order (pipeline.stage.add_stage)."""
+    for stage in stages:
+        ds = add_stage(ds, stage, metrics)
+    return ds
+
+
+def read_shard_rows(batch: Any) -> Any:
+    """Ray Data fn, the source of a recompute: a shard file (one per batch) -> its rows as
+    canonical columns, with the hive partition columns (route, discipline) restored from its path."""
+    return read_shard_file(Path(batch.column("path")[0].as_py()), Path(batch.column("base")[0].as_py()))
+
+
+def recompute_previous(previous_rows: Path, dest: Path, first: str, a: StageArgs, stages: Stages) -> int:
+    """Earlier rows (hard links of the previous version's shards under ``previous_rows``) through
+    the stages from ``first`` on, into ``dest``. Returns the rows recomputed."""
+    files = sorted(str(p) for p in previous_rows.rglob("*.parquet"))
+    if not files:
+        return 0
+    # one block per shard file, read by a task (Ray's read_parquet needs fsspec's HTTP extras here)
+    ds = ray.data.from_items([{"path": f, "base": str(previous_rows)} for f in files], override_num_blocks=len(files))
+    ds = ds.map_batches(read_shard_rows, batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS)
+    # their dedup keys are not written again: best-of-N and contamination were settled when they were added
+    ds = through(ds, stages(first, replace(a, keys_dir=None)), a.metrics)
+    ds.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))
+    n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    shutil.rmtree(previous_rows)
+    return n
+
+
+def execute_units(run: Run, a: StageArgs, stages: Stages, progress: Callable[[dict[str, Any]], None] | None) -> None:
+    """Every unit of the run not committed yet (see the module docstring), then the units' shard
+    files linked into the staging's shards; ``progress`` is called while the windows run
+    (pipeline.progress)."""
+    units, previous_shards = Units(run.staging), run.out_dir / SHARDS_DIR
+    if run.previous is not None and run.first is None:  # unchanged settings: earlier rows as they are
+        units.commit("0-carried", lambda dest: carry_over(previous_shards, dest, run.superseded))
+    elif run.previous is not None:  # recomputed from the first changed stage on
+        def recompute_unit(dest: Path) -> None:
+            shutil.rmtree(run.staging / PREVIOUS_ROWS, ignore_errors=True)
+            carry_over(previous_shards, run.staging / PREVIOUS_ROWS, run.superseded)
+            recompute_previous(run.staging / PREVIOUS_ROWS, dest, run.first, a, stages)
+
+        units.commit("0-recomputed", recompute_unit)
+    if a.keys_dir is not None:
+        shutil.rmtree(a.keys_dir / PENDING_DIR, ignore_errors=True)  # keys of an unfinished window
+    with progress_poller(progress, a.metrics, total=run.input_records - run.known,
+                         done=sum(units.rows(p.name) for p in units.root.glob("window-*"))):
+        for window_no, window in enumerate(run.windows()):
+            name = f"window-{window_no:06d}"
+            window = pending_tasks(attach_verdicts(window, run.verdicts))
+            if units.done(name) or not window:
+                continue
+
+            def window_unit(dest: Path, window: list[ReadTask] = window, name: str = name) -> None:
+                # one block per read task (so replay spreads over actors), through every stage
+                ds = ray.data.from_items(task_items(window), override_num_blocks=len(window))
+                through(ds, stages("ingest", a), a.metrics).write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))
+                if a.keys_dir is not None:  # the window's dedup keys belong to its unit
+                    compact_keys(a.keys_dir, name)
+
+            units.commit(name, window_unit)
+    run.carried, run.recomputed = units.rows("0-carried"), units.rows("0-recomputed")
+    units.link_into(run.staging / SHARDS_DIR)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -22,7 +23,7 @@ from pipeline.progress import progress_poller
 from pipeline.publish import Units
 from pipeline.ray_plan import TASK_CPUS, StageArgs
 from pipeline.run_state import Run
-from pipeline.stage import Stage, add_stage
+from pipeline.stage import Resources, Rows, Stage, add_stage
 from pipeline.stages.dedup import PENDING_DIR, attach_verdicts, compact_keys
 from pipeline.stages.ingest import ReadTask, task_items
 from pipeline.tools.shards import SHARDS_DIR, read_shard_file
@@ -39,10 +40,18 @@ def through(ds: ray.data.Dataset, stages: list[Stage], metrics: Any) -> ray.data
     return ds
 
 
-def read_shard_rows(batch: Any) -> Any:
-    """Ray Data fn, the source of a recompute: a shard file (one per batch) -> its rows as
-    canonical columns, with the hive partition columns (route, discipline) restored from its path."""
-    return read_shard_file(Path(batch.column("path")[0].as_py()), Path(batch.column("base")[0].as_py()))
+@dataclass(kw_only=True)
+class ShardReadStage(Stage):
+    """The source of a recompute: each row names a shard file (``path``) under ``base``; the
+    batch becomes that file's rows as canonical columns, with the hive partition columns (route,
+    discipline) restored from its path. Returned as the Arrow table it was read as: the rows are
+    not turned into Python objects and back."""
+
+    name = "read_shards"
+    recorded = False  # rows read, not curated: the stages after it record the recompute
+
+    def process(self, rows: Rows) -> pa.Table:
+        return pa.concat_tables([read_shard_file(Path(r["path"]), Path(r["base"])) for r in rows])
 
 
 def recompute_previous(previous_rows: Path, dest: Path, first: str, a: StageArgs, stages: Stages) -> int:
@@ -53,7 +62,7 @@ def recompute_previous(previous_rows: Path, dest: Path, first: str, a: StageArgs
         return 0
     # one block per shard file, read by a task (Ray's read_parquet needs fsspec's HTTP extras here)
     ds = ray.data.from_items([{"path": f, "base": str(previous_rows)} for f in files], override_num_blocks=len(files))
-    ds = ds.map_batches(read_shard_rows, batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS)
+    ds = add_stage(ds, ShardReadStage(resources=Resources(TASK_CPUS), batch_size=1), a.metrics)
     # their dedup keys are not written again: best-of-N and contamination were settled when they were added
     ds = through(ds, stages(first, replace(a, keys_dir=None)), a.metrics)
     ds.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))

@@ -62,9 +62,10 @@ class Stage:
         processes); the wrapper calls it before and after each batch and counts the second."""
         return 0.0
 
-    def to_table(self, rows: Rows) -> pa.Table:
-        """The rows :meth:`process` returned -> the Arrow table the next stage gets."""
-        return S.to_table(rows)
+    def to_table(self, rows: Rows | pa.Table) -> pa.Table:
+        """The rows :meth:`process` returned -> the Arrow table the next stage gets (a stage that
+        produces a canonical Arrow table, e.g. rows read from a shard, may return it as it is)."""
+        return rows if isinstance(rows, pa.Table) else S.to_table(rows)
 
     def parts(self) -> list[Stage]:
         """The stages timed and recorded one by one in a worker: this one (several: :class:`Fused`)."""

@@ -18,6 +18,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.config import RunConfig
 from pipeline.metrics import StageMetrics
 
+# Ray kills a task worker idle for more than 1 s once more workers exist than CPUs (actors count),
+# and the task stages (pre-pass, ingest, route, write) come in bursts between the replay batches:
+# a 480-record run started 20 task workers, each paying ~2.5 s of CPU for its imports (48 s in
+# all, a quarter of the whole run's CPU on 2 cores). Idle task workers are kept for the run instead
+# (3 workers, 28 s). A cluster started with `ray start` keeps its own settings (ray_cluster.yaml).
+LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
+
 
 def init_ray(address: str | None = None, quiet: bool = False, num_cpus: int | None = None) -> None:
     """Start (or join) Ray once per run. Local runs stay on loopback."""
@@ -35,6 +42,7 @@ def init_ray(address: str | None = None, quiet: bool = False, num_cpus: int | No
         log_to_driver=not quiet,
         logging_level=logging.WARNING,
         configure_logging=True,
+        _system_config=LOCAL_SYSTEM_CONFIG,
     )
 
 

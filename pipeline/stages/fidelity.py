@@ -66,8 +66,12 @@ copies with the longest side capped at WORK_MAX px), and:
  5. image_similarity = max over hypotheses of min(s_rho, s_local), with
     s_rho   = clip(1 - 0.2 * (1 - rho) / (1 - RHO_CRIT), 0, 1)                       (0.8 at rho = RHO_CRIT)
     s_local = clip(1 - 0.2 * max(local / LOCAL_CRIT, strong / STRONG_CRIT, plain / PLAIN_CRIT), 0, 1)
-    so 0.8 (judges.code_correctness.FABRICATION_FIDELITY) is the boundary between accepted and
-    fabricated. The thresholds were set between the legitimate and fabricated pairs of
+    so 0.8 (ACCEPT; judges.code_correctness.FABRICATION_FIDELITY) is the boundary between accepted
+    and fabricated. A hypothesis whose rho is below RHO_CRIT (s_rho < 0.8) cannot be accepted
+    whatever its local differences: its costly local measures are taken only when no hypothesis
+    correlates better, and then only for the best-correlated one. A score >= 0.8 is therefore
+    exactly the maximum above; below 0.8 it may be lower than that maximum (a clear mismatch is
+    not measured six times: half the cost of fabricated pairs). The thresholds were set between the legitimate and fabricated pairs of
     tests/test_fidelity.py (the table and its margin are printed by that test and in the README).
 Cost: see bench/fidelity.py (per pair kind, decode included).
 """
@@ -95,6 +99,7 @@ TILE = 32
 LOCAL_WINDOW = 9
 MIN_VERIFY = 256
 EARLY_ACCEPT = 0.95
+ACCEPT = 0.8  # the boundary between faithful and fabricated (judges.code_correctness.FABRICATION_FIDELITY)
 MIN_CONTAINED_SIDE = 0.25  # the contained image spans >= 1/4 of the container's side
 RHO_CRIT = 0.75
 LOCAL_CRIT = 0.13
@@ -435,14 +440,21 @@ def _measure(a: np.ndarray, b: np.ndarray, border: int) -> tuple[float, float]:
     return float(soft.max()), float(strong.max())
 
 
-def compare_aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """(rho, local, strong) of two aligned same-size grey images (see module doc, step 3)."""
+def _verify_size(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """(f, a0, b0, al, bl, rho): both at <= VERIFY_MAX px (scale f), blurred (sigma 0.8), and their
+    correlation: the cheap first part of :func:`compare_aligned`."""
     h, w = a.shape
     f = min(1.0, VERIFY_MAX / max(h, w))
     a0, b0 = (_resize(a, w * f, h * f), _resize(b, w * f, h * f)) if f < 1 else (a, b)
     al = cv2.GaussianBlur(a0, (0, 0), 0.8)
     bl = cv2.GaussianBlur(b0, (0, 0), 0.8)
-    rho = _corr(al, bl)
+    return f, a0, b0, al, bl, _corr(al, bl)
+
+
+def compare_aligned(a: np.ndarray, b: np.ndarray, sized: tuple | None = None) -> tuple[float, float, float]:
+    """(rho, local, strong) of two aligned same-size grey images (see module doc, step 3);
+    ``sized``: their :func:`_verify_size` when already computed."""
+    f, a0, b0, al, bl, rho = sized if sized is not None else _verify_size(a, b)
     if min(al.shape) < 4:
         return rho, float(np.abs(al - bl).mean()), 0.0
     bl = _photometric(al, bl)
@@ -462,8 +474,12 @@ def compare_aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     return rho, local, strong
 
 
+def _s_rho(rho: float) -> float:
+    return 1 - 0.2 * (1 - rho) / (1 - RHO_CRIT)
+
+
 def _score(rho: float, local: float, strong: float, plain: float | None = None) -> float:
-    s_rho = 1 - 0.2 * (1 - rho) / (1 - RHO_CRIT)
+    s_rho = _s_rho(rho)
     s_local = 1 - 0.2 * max(local / LOCAL_CRIT, strong / STRONG_CRIT, (plain or 0.0) / PLAIN_CRIT)
     return float(np.clip(min(s_rho, s_local), 0.0, 1.0))
 
@@ -475,23 +491,45 @@ def _common(w: float, h: float) -> tuple[float, float]:
     return w * f, h * f
 
 
-def _verify(va: _View, vb: _View, hyp: _Hyp | None) -> dict:
-    """Cut both images to the hypothesised common region at a common size and compare them."""
+@dataclass
+class _Aligned:
+    """A hypothesis cut to its common region at the comparison size, with its correlation (cheap);
+    :meth:`measure` adds the local differences (the expensive part)."""
+
+    va: _View
+    vb: _View
+    A: np.ndarray
+    B: np.ndarray
+    sized: tuple
+
+    @property
+    def rho(self) -> float:
+        return self.sized[-1]
+
+    def measure(self) -> dict:
+        rho, local, strong = compare_aligned(self.A, self.B, self.sized)
+        plain = _plain_check(self.va, self.vb)
+        return {"score": _score(rho, local, strong, plain), "rho": rho, "local": local, "strong": strong,
+                "plain": plain}
+
+
+def _align(va: _View, vb: _View, hyp: _Hyp | None) -> _Aligned | None:
+    """Cut both images to the hypothesised common region at a common size (None: no overlap)."""
     if hyp is not None:
         small, big = (vb, va) if hyp.swap else (va, vb)
         x0, y0 = max(0, int(round(hyp.x))), max(0, int(round(hyp.y)))
         x1 = min(big.g.shape[1], int(round(hyp.x + hyp.w)))
         y1 = min(big.g.shape[0], int(round(hyp.y + hyp.h)))
         if x1 <= x0 or y1 <= y0:
-            return {"score": 0.0, "rho": 0.0, "local": 1.0, "strong": 1.0, "plain": None}
+            return None
         region = big.crop(x0, y0, x1, y1)
         va, vb = (region, small) if hyp.swap else (small, region)
     w, h = _common(min(va.g.shape[1], vb.g.shape[1]), min(va.g.shape[0], vb.g.shape[0]))
     A, B = _resize(va.g, w, h), _resize(vb.g, w, h)
-    rho, local, strong = compare_aligned(A, B)
-    plain = _plain_check(va, vb)
-    return {"score": _score(rho, local, strong, plain), "rho": rho, "local": local, "strong": strong,
-            "plain": plain}
+    return _Aligned(va, vb, A, B, _verify_size(A, B))
+
+
+NO_OVERLAP = {"score": 0.0, "rho": 0.0, "local": 1.0, "strong": 1.0, "plain": None}
 
 
 def _native_box(v: _View) -> tuple[int, int, int, int]:
@@ -579,21 +617,27 @@ def image_match(a_bytes: bytes, b_bytes: bytes) -> dict:
         return {"score": 1.0, "how": "identical", "rho": 1.0, "local": 0.0, "strong": 0.0, "plain": 0.0}
     a_full, b_full = _View.of(decode_gray(a_bytes)), _View.of(decode_gray(b_bytes))
     a, b = a_full.crop(*_trim_box(a_full.g)), b_full.crop(*_trim_box(b_full.g))
-    best = {"score": -1.0}
+    best: dict = {"score": -1.0}
+    unlikely: list[tuple[_Aligned | None, str]] = []  # rho < RHO_CRIT: measured only if nothing else is
 
-    def consider(x: _View, y: _View, hyp: _Hyp | None) -> dict:
+    def consider(x: _View, y: _View, hyp: _Hyp | None) -> float:
+        """The hypothesis's rho; measured in full (and kept if best) when it can reach ACCEPT."""
         nonlocal best
-        r = _verify(x, y, hyp)
+        how = "same region" if hyp is None else ("replayed inside recorded" if hyp.swap else "recorded inside replayed")
+        aligned = _align(x, y, hyp)
+        if aligned is None or _s_rho(aligned.rho) < ACCEPT:
+            unlikely.append((aligned, how))
+            return 0.0 if aligned is None else aligned.rho
+        r = aligned.measure()
         if r["score"] > best["score"]:
-            how = "same region" if hyp is None else ("replayed inside recorded" if hyp.swap else "recorded inside replayed")
             best = {**r, "how": how}
-        return r
+        return r["rho"]
 
     # same region: trimmed (plot margins, padding) and as recorded
     trimmed = a.g.shape != a_full.g.shape or b.g.shape != b_full.g.shape
     same_rho = 0.0
     for x, y in [(a, b), (a_full, b_full), (a_full, b), (a, b_full)][: 4 if trimmed else 1]:
-        same_rho = max(same_rho, consider(x, y, None)["rho"])
+        same_rho = max(same_rho, consider(x, y, None))
         if best["score"] >= EARLY_ACCEPT:
             return best
     # containment, searched on the images as recorded (a trimmed image could hide a missing part);
@@ -602,6 +646,9 @@ def image_match(a_bytes: bytes, b_bytes: bytes) -> dict:
         hyps = _search(a_full.g, b_full.g, swap=False) + _search(b_full.g, a_full.g, swap=True)
         for hyp in sorted(hyps, key=lambda h: -h.corr)[:2]:
             consider(a_full, b_full, hyp)
+    if best["score"] < 0:  # no hypothesis correlates well enough to be faithful: the best-correlated one, measured
+        aligned, how = max(unlikely, key=lambda u: -1.0 if u[0] is None else u[0].rho)
+        best = {**(NO_OVERLAP if aligned is None else aligned.measure()), "how": how}
     return best
 
 

@@ -371,14 +371,19 @@ class VisualGainJudge:
         self.budget_px = float(visual_tokens * patch_px * patch_px)
         self._cache: OrderedDict[str, Prepared] = OrderedDict()  # input sha256 -> decoded + thumbnails
 
-    def _prepared(self, image: dict[str, Any]) -> Prepared:
+    def _prepared(self, image: dict[str, Any], grey: np.ndarray | None = None) -> Prepared:
         """Each input decoded once per actor while it is among the PREPARED_CACHE most recent ones
-        (best-of-n rollouts and multi-image rows share inputs)."""
+        (best-of-n rollouts and multi-image rows share inputs); not at all when the replay in this
+        actor handed over its grey pixels (``grey``, S.INPUT_GREYS: the same decoder and
+        conversion, so the same pixels) and they have the image's size."""
         key = image.get(S.IMG_SHA256) or hashlib.sha256(image[S.IMG_BYTES]).hexdigest()
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        ref = self._cache[key] = Prepared(_gray(image[S.IMG_BYTES]))
+        size = (image.get(S.IMG_HEIGHT), image.get(S.IMG_WIDTH))
+        if grey is None or grey.shape != size:
+            grey = _gray(image[S.IMG_BYTES])
+        ref = self._cache[key] = Prepared(grey)
         while len(self._cache) > PREPARED_CACHE:
             self._cache.popitem(last=False)
         return ref
@@ -394,6 +399,9 @@ class VisualGainJudge:
         cells = row.get(S.REPLAY) or []
         if not inputs:
             return Verdict(None, "no input image")
+        for image, grey in zip(inputs, row.get(S.INPUT_GREYS) or [], strict=False):
+            if grey is not None:  # the replay's pixels: cached, also for the dedup keys (grey())
+                self._prepared(image, grey)
         produced = [img for c in cells for img in (c[S.CELL_IMAGES] or [])]
         if not produced:
             return Verdict(0.0, "no image produced by the replay" if cells else "no code cells")

@@ -116,6 +116,12 @@ TURN_REASONING, TURN_CODE, TURN_OBS_TEXT, TURN_OBS_IMAGES = (
     "observation_text",
     "observation_images",
 )
+# Transient row keys: set and read by stages that run in the same worker (pipeline.stage.Fused),
+# never columns (to_table leaves them behind).
+TRANSIENT_PREFIX = "_"
+# per input image (as in IMAGES): its pixels in 8-bit grey, a (height, width) uint8 array, as the
+# replay sandbox loaded it before any cell ran, or None; the judges use it instead of decoding again
+INPUT_GREYS = "_input_greys"
 # replayed cell
 CELL_INDEX, CELL_TURN, CELL_STATUS, CELL_STDOUT, CELL_ERROR = "cell", "turn", "status", "stdout", "error"
 CELL_DURATION_MS, CELL_IMAGES, CELL_FIDELITY = "duration_ms", "images", "fidelity"
@@ -251,9 +257,10 @@ def empty_row() -> dict[str, Any]:
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows (dicts with any subset of the columns) -> a table of exactly SAMPLE_SCHEMA."""
+    """Rows (dicts with any subset of the columns) -> a table of exactly SAMPLE_SCHEMA (keys that
+    start with TRANSIENT_PREFIX stay behind: they never leave the process)."""
     schema = _derived("SAMPLE_SCHEMA")
-    unknown = {k for r in rows for k in r} - set(schema.names)
+    unknown = {k for r in rows for k in r if not k.startswith(TRANSIENT_PREFIX)} - set(schema.names)
     if unknown:
         raise KeyError(f"columns not in schemas.SAMPLE_SCHEMA: {sorted(unknown)}")
     return pa.Table.from_pylist(rows, schema=schema)

@@ -659,3 +659,40 @@ def test_inputs_open_by_relative_path_bare_name_and_prompt_path(sandbox):
     assert [o.stdout for o in out] == ["(64, 48)\n", "(64, 48) stars.png\n", "(30, 20, 3)\n", "(30, 20, 3)\n", "(8, 8)\n"]
     assert out[1].images == []  # printing an input's name does not make it an output
     assert [n for n, _ in out[4].images] == ["cell4_0_stars.png"]  # overwriting it does, once (two names, one file)
+
+
+# --- the inputs in grey, handed back for the judges ---------------------------------------------
+@pytest.fixture(scope="module", params=[ProcessSandbox, ZygoteSandbox], ids=["process", "zygote"])
+def grey_sandbox(request):
+    box = request.param(SandboxLimits(cell_timeout_s=15.0, total_timeout_s=40.0), uid=SANDBOX_UID, gid=SANDBOX_UID,
+                        input_greys=True)
+    yield box
+    box.close()
+
+
+def _pil_grey(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"))
+
+
+def test_inputs_come_back_in_grey_as_loaded_before_any_cell_ran(grey_sandbox, input_images):
+    """Each input's grey pixels equal what the judges would decode themselves (PNG and JPEG), even
+    when the cells then paint over the input in memory and on disk; an input that does not load is
+    None; the cells' own outcomes are unchanged."""
+    broken = InputImage("broken.png", b"\x89PNG\r\n\x1a\n not really")
+    cells = ["image.paste(0, (0, 0) + image.size)\nimage.save(image_path)\nprint(image.getextrema())",
+             "print(images[2])"]
+    out = grey_sandbox.replay(cells, [*input_images, broken])
+    assert _statuses(out) == ["ok", "ok"]
+    assert out[1].stdout == "None\n"
+    greys = grey_sandbox.last_input_greys
+    assert len(greys) == 3 and greys[2] is None
+    for image, grey in zip(input_images, greys[:2], strict=True):
+        expected = _pil_grey(image.data)
+        assert grey.dtype == np.uint8 and grey.shape == expected.shape
+        assert np.array_equal(grey, expected) and float(grey.std()) > 0  # not the painted-over black
+
+
+def test_inputs_in_grey_only_when_asked(sandbox, input_images):
+    sandbox.replay(["x = 1"], input_images)
+    assert sandbox.last_input_greys == [None, None]

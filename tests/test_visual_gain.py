@@ -98,3 +98,18 @@ def test_judge_reads_the_boxes_of_the_trajectorys_code(page):
     row = {S.IMAGES: [inp], S.REPLAY: [{S.CELL_IMAGES: [out]}], S.TURNS: [{S.TURN_CODE: code}]}
     verdict = judge.judge(row)
     assert "region 250x150 zoom" in verdict.why and verdict.score >= 0.8
+
+
+def test_judge_uses_the_replays_grey_input_and_ignores_one_of_another_size(page):
+    """With the replay's grey pixels of the input (S.INPUT_GREYS) the verdict is the one the judge
+    reaches decoding the input itself; a grey array of another size is not used."""
+    inp = S.image_record("in.png", png(page), 3000, 3000)
+    out = S.image_record("z.png", png(zoom(page, 1450, 1450, 1700, 1600, 4)), 1000, 600)
+    row = {S.IMAGES: [inp], S.REPLAY: [{S.CELL_IMAGES: [out]}], S.TURNS: []}
+    decoded = VisualGainJudge().judge(dict(row))
+    handed = VisualGainJudge()
+    assert handed.judge({**row, S.INPUT_GREYS: [page.copy()]}) == decoded
+    assert np.array_equal(handed.grey(inp), page)  # cached for the dedup keys
+    wrong = VisualGainJudge()
+    assert wrong.judge({**row, S.INPUT_GREYS: [np.zeros((10, 10), np.uint8)]}) == decoded
+    assert wrong.grey(inp).shape == (3000, 3000)

@@ -146,16 +146,19 @@ def make_sandbox(
     min_level: str = "strict",
     allow_weaker: bool = False,
     disabled: frozenset[str] | None = None,
+    input_greys: bool = False,
 ) -> Sandbox:
     """A sandbox of ``kind`` ("zygote" or "process") that refuses to start below ``min_level``
-    (:class:`~pipeline.sandbox.base.SandboxUnavailableError`) unless ``allow_weaker``."""
+    (:class:`~pipeline.sandbox.base.SandboxUnavailableError`) unless ``allow_weaker``;
+    ``input_greys``: also hand back each input in grey (``last_input_greys``)."""
     if kind not in SANDBOX_KINDS:
         raise ValueError(f"unknown sandbox kind {kind!r}; use one of {sorted(SANDBOX_KINDS)}")
     if min_level not in LEVELS:
         raise ValueError(f"unknown sandbox level {min_level!r}; use one of {list(LEVEL_ORDER)}")
     cls = SANDBOX_KINDS[kind]
     return cls(
-        limits, uid=uid, gid=uid, required_layers=LEVELS[min_level], allow_weaker=allow_weaker, disabled=disabled
+        limits, uid=uid, gid=uid, required_layers=LEVELS[min_level], allow_weaker=allow_weaker, disabled=disabled,
+        input_greys=input_greys,
     )
 
 

@@ -30,6 +30,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import io
 import json
 import os
 import select
@@ -66,6 +67,7 @@ from pipeline.sandbox.protocol import (
     IMAGE_NAME,
     MAX_READY_BYTES,
     MSG_CELL,
+    MSG_INPUT_GREY,
     MSG_READY,
     OP_EXIT,
     OP_RUN,
@@ -415,6 +417,10 @@ class ChildHandle:
             n -= len(chunk)
         return b"".join(chunks)
 
+    def read_exact(self, n: int, deadline: float) -> bytes:
+        """``n`` raw bytes that follow a message (the input_grey pixels)."""
+        return self._read(n, deadline)
+
     def recv(self, deadline: float, max_bytes: int) -> dict:
         length = message_length(self._read(HEADER.size, deadline), max_bytes)
         return decode_message(self._read(length, deadline))
@@ -547,8 +553,12 @@ class ChildSandbox:
         disable_aslr: bool = True,
         disabled: frozenset[str] | set[str] | None = None,
         cgroup_memory_mb: int | None = None,
+        input_greys: bool = False,
     ) -> None:
         self.limits = limits or SandboxLimits()
+        # Also receive each input as the child decoded it, in grey (last_input_greys): the judges
+        # then need not decode the input once more (~0.1 s for a 3000-px PNG).
+        self.input_greys = input_greys
         self.python = python or sys.executable
         self.required_layers = frozenset(required_layers)
         self.preload = preload
@@ -593,6 +603,9 @@ class ChildSandbox:
         self.last_layers: dict[str, bool] = {}
         self.last_notes: list[str] = []
         self.last_startup_ms: float | None = None
+        # With input_greys: per input of the last replay, its 8-bit grey pixels (height x width,
+        # read-only) as the child loaded it before any cell ran, or None (not loaded, not started).
+        self.last_input_greys: list[Any] = []
 
     # -- protocol -------------------------------------------------------------------------------
     def replay(self, cells: list[str], images: list[InputImage]) -> list[CellOutcome]:
@@ -617,8 +630,11 @@ class ChildSandbox:
         child: ChildHandle | None = None
         try:
             try:
+                self.last_input_greys = [None] * len(images)
                 child = self._spawn(work_dir, ctl_dir, images)
                 self._await_ready(child, total_deadline)
+                if self.input_greys:
+                    self.last_input_greys = self._recv_input_greys(child, images, total_deadline)
             except (_ChildGone, _Deadline, ProtocolError, SandboxError, OSError) as exc:
                 reason = self._startup_failure(child, exc)
                 return [CellOutcome(STATUS_SKIPPED, "", reason, 0.0, []) for _ in cells]
@@ -698,6 +714,7 @@ class ChildSandbox:
             "mask_dirs": self._mask_dirs,
             "cgroups": self.cgroup.child_config() if self.cgroup is not None else {},
             "join_cgroups": self._child_joins_cgroups,
+            "input_greys": self.input_greys,
         }
 
     def _spawn(self, work_dir: str, ctl_dir: str, images: list[InputImage]) -> ChildHandle:
@@ -723,6 +740,34 @@ class ChildSandbox:
             raise SandboxError(
                 "sandbox refused to run: layer(s) not applied in the child: " + ", ".join(missing)
             )
+
+    @staticmethod
+    def _recv_input_greys(child: ChildHandle, images: list[InputImage], deadline: float) -> list[Any]:
+        """The inputs in grey, sent by the child after "ready" and before any cell ran (so nothing
+        the trajectory's code does can change them). Each must have the size the input's own
+        header declares; anything else breaks the protocol."""
+        import numpy as np
+        from PIL import Image
+
+        greys: list[Any] = []
+        for k, image in enumerate(images):
+            msg = child.recv(deadline, MAX_READY_BYTES)
+            w, h = msg.get("width"), msg.get("height")
+            if msg.get("type") != MSG_INPUT_GREY or msg.get("index") != k or not isinstance(w, int) \
+                    or not isinstance(h, int):
+                raise ProtocolError(f"expected the grey pixels of input {k}")
+            if (w, h) == (0, 0):  # it did not load (the cells see None) or has no grey form
+                greys.append(None)
+                continue
+            try:
+                with Image.open(io.BytesIO(bytes(image.data))) as im:  # the header only
+                    size = im.size
+            except Exception:  # noqa: BLE001
+                size = None
+            if size != (w, h):
+                raise ProtocolError(f"grey input {k} is {w}x{h}, its header says {size}")
+            greys.append(np.frombuffer(child.read_exact(w * h, deadline), np.uint8).reshape(h, w))
+        return greys
 
     def _startup_failure(self, child: ChildHandle | None, exc: BaseException) -> str:
         if isinstance(exc, _Deadline):

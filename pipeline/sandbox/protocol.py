@@ -9,6 +9,10 @@ Messages, both directions: a 4-byte big-endian length (:data:`HEADER`), then a U
   parent -> worker  {"op": "run", "index": i, "code": "..."} | {"op": "exit"}
                     (zygote level: first {"op": "config", ...}, read by the trajectory's init)
   worker -> parent  {"type": "ready", "layers": {...}, "notes": [...], "startup_ms": ...}
+                    when asked (config ``input_greys``), right after "ready" and before any cell
+                    runs, per input k: {"type": "input_grey", "index": k, "width": w, "height": h}
+                    and then w*h raw bytes (the input decoded and converted to 8-bit grey; 0x0
+                    when it did not load), so the judges need not decode it again
                     {"type": "cell", "index": i, "status": "ok|error|memory|forbidden",
                      "stdout": "...", "error": "...", "images": [{"name": "...", "png": "<base64>"}]}
   zygote -> parent  {"type": "ready", "pid": ..., "notes": [...], "startup_ms": ...} on its
@@ -93,9 +97,9 @@ def recv_message(fd: int, max_bytes: int = MAX_REQUEST_BYTES) -> dict | None:
     return None if body is None else decode_message(body)
 
 
-def send_message(fd: int, obj: dict) -> None:
-    """One message to a blocking fd (the child's side)."""
-    view = memoryview(encode_message(obj))
+def send_message(fd: int, obj: dict, raw: bytes = b"") -> None:
+    """One message to a blocking fd (the child's side), followed by ``raw`` bytes when given."""
+    view = memoryview(encode_message(obj) + raw)
     while view:
         try:
             n = os.write(fd, view)
@@ -112,6 +116,7 @@ OP_EXIT = "exit"
 OP_CONFIG = "config"
 MSG_READY = "ready"
 MSG_CELL = "cell"
+MSG_INPUT_GREY = "input_grey"
 
 # Statuses the child itself may report for a cell (the parent decides timeout, killed, skipped).
 STATUS_OK = "ok"

@@ -258,6 +258,9 @@ def replay_row(row: dict[str, Any], sandbox: Any) -> dict[str, Any]:
         # of the replay machinery, not of the code. Replay it once more on a fresh zygote, so
         # the row's outcome does not depend on it.
         outcomes = sandbox.replay(codes, inputs)
+    greys = getattr(sandbox, "last_input_greys", None)
+    if greys and any(g is not None for g in greys):
+        row[S.INPUT_GREYS] = list(greys)  # for the judges in this actor (transient)
     gaps = classify_env_gaps(
         codes, [o.status for o in outcomes], [o.error for o in outcomes],
         [turns[i][S.TURN_OBS_TEXT] for i in code_turns], row,
@@ -349,6 +352,7 @@ class ReplayStage(Stage):
             uid=sandbox_uid(),
             min_level=self.cfg.min_sandbox_level,
             allow_weaker=self.allow_weak_sandbox,
+            input_greys=True,  # the judges fused after this stage use them (S.INPUT_GREYS)
         )
         if metrics is not None:  # where this actor (and its sandbox) runs, for the manifest
             metrics.add_counters.remote("placement", {"replay": {ray.get_runtime_context().get_node_id(): 1}})

@@ -91,6 +91,7 @@ class CellRunner:
         self.monitor = monitor if monitor is not None else _Unmonitored()
         self.capture = Captures(0, 0)
         self.namespace: dict = {}
+        self.loaded: list = []  # the inputs as loaded (PIL images, None when one did not load)
         self.processed_path: object = None
         self.pid = os.getpid()
 
@@ -108,6 +109,7 @@ class CellRunner:
             except Exception as exc:  # noqa: BLE001 - the cells will fail on it, visibly
                 notes.append(f"input {name}: {type(exc).__name__}: {exc}")
                 loaded.append(None)
+        self.loaded = list(loaded)
         try:
             self.paths.prepare()
         except OSError as exc:

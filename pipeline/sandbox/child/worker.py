@@ -27,6 +27,7 @@ from pipeline.sandbox.protocol import (
     EXIT_SETUP_FAILED,
     HANDOFF,
     HANDOFF_WORKER_FDS,
+    MSG_INPUT_GREY,
     MSG_READY,
     OP_EXIT,
     OP_RUN,
@@ -107,6 +108,20 @@ class Worker:
         if self.work_dir not in sys.path:
             sys.path.append(self.work_dir)
         self.cells.build_namespace(self.notes)
+
+    def send_input_greys(self) -> None:
+        """Each input in 8-bit grey, as loaded and before any cell runs (protocol: input_grey):
+        the parent's judges use it instead of decoding the input once more."""
+        for k, im in enumerate(self.cells.loaded):
+            grey = None
+            if im is not None:
+                try:
+                    grey = im.convert("L")
+                except Exception:  # noqa: BLE001 - a mode PIL cannot convert: the judges decode it
+                    grey = None
+            w, h = grey.size if grey is not None else (0, 0)
+            send_message(self.resp_fd, {"type": MSG_INPUT_GREY, "index": k, "width": w, "height": h},
+                         grey.tobytes() if grey is not None else b"")
 
     # -- cells ------------------------------------------------------------------------------
     def run_cell(self, index: int, code: str) -> dict:
@@ -252,5 +267,7 @@ def worker_main(
             "startup_ms": (time.monotonic() - started) * 1000.0,
         },
     )
+    if cfg.get("input_greys"):
+        worker.send_input_greys()
     worker.serve()
 

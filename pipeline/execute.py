@@ -30,6 +30,12 @@ from pipeline.tools.shards import SHARDS_DIR, read_shard_file
 from schemas import sample as S
 
 PREVIOUS_ROWS = "previous-rows"  # earlier rows to recompute (work dir)
+# Rows Ray Data gathers before a write task writes them (one file per partition it holds): written
+# as they came out of routing, every replay batch became files of one or two rows (480 rows: 480
+# files), which every later reader of OUT (manifest, best-of-N, DuckDB, exports) opens one by one.
+# ~0.6 MB a row on the sample corpus: ~75 MB per write; the last rows of a window are written as
+# they are.
+ROWS_PER_WRITE = 128
 Stages = Callable[[str, StageArgs], list[Stage]]  # pipeline.run.curation_stages: (first stage, args) -> stages
 
 
@@ -54,6 +60,13 @@ class ShardReadStage(Stage):
         return pa.concat_tables([read_shard_file(Path(r["path"]), Path(r["base"])) for r in rows])
 
 
+def write_shards(ds: ray.data.Dataset, dest: Path) -> None:
+    """``ds`` as Parquet shards under ``dest``, hive-partitioned by route and discipline: each write
+    gathers at least :data:`ROWS_PER_WRITE` rows (the last one the rest) and writes one file per
+    partition among them."""
+    ds.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS), min_rows_per_file=ROWS_PER_WRITE)
+
+
 def recompute_previous(previous_rows: Path, dest: Path, first: str, a: StageArgs, stages: Stages) -> int:
     """Earlier rows (hard links of the previous version's shards under ``previous_rows``) through
     the stages from ``first`` on, into ``dest``. Returns the rows recomputed."""
@@ -65,7 +78,7 @@ def recompute_previous(previous_rows: Path, dest: Path, first: str, a: StageArgs
     ds = add_stage(ds, ShardReadStage(resources=Resources(TASK_CPUS), batch_size=1), a.metrics)
     # their dedup keys are not written again: best-of-N and contamination were settled when they were added
     ds = through(ds, stages(first, replace(a, keys_dir=None)), a.metrics)
-    ds.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))
+    write_shards(ds, dest)
     n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     shutil.rmtree(previous_rows)
     return n
@@ -98,7 +111,7 @@ def execute_units(run: Run, a: StageArgs, stages: Stages, progress: Callable[[di
             def window_unit(dest: Path, window: list[ReadTask] = window, name: str = name) -> None:
                 # one block per read task (so replay spreads over actors), through every stage
                 ds = ray.data.from_items(task_items(window), override_num_blocks=len(window))
-                through(ds, stages("ingest", a), a.metrics).write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS))
+                write_shards(through(ds, stages("ingest", a), a.metrics), dest)
                 if a.keys_dir is not None:  # the window's dedup keys belong to its unit
                     compact_keys(a.keys_dir, name)
 

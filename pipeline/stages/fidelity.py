@@ -314,8 +314,9 @@ def _ncc(img: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0)
 
 
-def _search(small: np.ndarray, big: np.ndarray, swap: bool) -> list[_Hyp]:
-    """Coarse multi-scale search of ``small`` inside ``big``; the best hypotheses, refined."""
+def _coarse(small: np.ndarray, big: np.ndarray, swap: bool) -> list[tuple[float, float, float, float, bool]]:
+    """Coarse multi-scale search of ``small`` inside ``big``: (correlation, scale, x, y, swap) of
+    every scale tried, x and y in ``big``'s working pixels."""
     bh, bw = big.shape
     sh, sw = small.shape
     c = min(1.0, COARSE / max(bh, bw))
@@ -323,7 +324,7 @@ def _search(small: np.ndarray, big: np.ndarray, swap: bool) -> list[_Hyp]:
     s_max = min(bw / sw, bh / sh)  # small scaled by s_max fills big along one side
     k = min(1.0, s_max * c * 1.5)
     small_c = _resize(small, sw * k, sh * k)  # resized once; templates are cut from this copy
-    found: list[tuple[float, float, float, float]] = []
+    found: list[tuple[float, float, float, float, bool]] = []
     s = s_max
     while s >= s_max * MIN_CONTAINED_SIDE:
         tw, th = sw * s * c, sh * s * c
@@ -332,13 +333,16 @@ def _search(small: np.ndarray, big: np.ndarray, swap: bool) -> list[_Hyp]:
         t = _resize(small_c, tw, th)
         if t.shape[0] <= big_c.shape[0] and t.shape[1] <= big_c.shape[1] and float(t.std()) > 1e-3:
             _, mx, _, loc = cv2.minMaxLoc(_ncc(big_c, t))
-            found.append((mx, s, loc[0] / c, loc[1] / c))
+            found.append((mx, s, loc[0] / c, loc[1] / c, swap))
         s /= 1.08
-    found.sort(reverse=True)
-    out = []
-    for mx, s, x, y in found[:2]:
-        out.append(_refine(small, big, s, x, y, swap, mx))
-    return out
+    return found
+
+
+def _search(a: np.ndarray, b: np.ndarray, keep: int = 2) -> list[_Hyp]:
+    """Containment hypotheses: ``a`` inside ``b`` and ``b`` inside ``a`` searched coarsely, the
+    ``keep`` best-correlated of both directions refined (the refinement is the costly part)."""
+    found = sorted(_coarse(a, b, swap=False) + _coarse(b, a, swap=True), reverse=True)
+    return [_refine(b if swap else a, a if swap else b, s, x, y, swap, mx) for mx, s, x, y, swap in found[:keep]]
 
 
 def _refine(small: np.ndarray, big: np.ndarray, s: float, x: float, y: float, swap: bool, corr: float) -> _Hyp:
@@ -643,8 +647,7 @@ def image_match(a_bytes: bytes, b_bytes: bytes) -> dict:
     # containment, searched on the images as recorded (a trimmed image could hide a missing part);
     # not when the same region already corresponds pixel for pixel (a difference is then of content)
     if same_rho < SAME_REGION_RHO and float(a_full.g.std()) > 1e-3 and float(b_full.g.std()) > 1e-3:
-        hyps = _search(a_full.g, b_full.g, swap=False) + _search(b_full.g, a_full.g, swap=True)
-        for hyp in sorted(hyps, key=lambda h: -h.corr)[:2]:
+        for hyp in sorted(_search(a_full.g, b_full.g), key=lambda h: -h.corr):
             consider(a_full, b_full, hyp)
     if best["score"] < 0:  # no hypothesis correlates well enough to be faithful: the best-correlated one, measured
         aligned, how = max(unlikely, key=lambda u: -1.0 if u[0] is None else u[0].rho)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import DEFAULT_N, app, cache_dir
 from pipeline.config import RunConfig, with_llm_judge
+from pipeline.execute import ROWS_PER_WRITE
 from pipeline.manifest import read_manifest
 from pipeline.ray_plan import LLM_ACTOR_CPUS, TASK_CPUS, stage_cpus
 from pipeline.run import run_pipeline
@@ -93,6 +94,9 @@ def test_conservation_in_manifest_and_shards(curated):
     assert all(reasons for _, route, reasons, _ in rows if route == "rejected")
     files = list((out / "shards").glob("route=*/discipline=*/*.parquet"))
     assert {f.parent.parent.name for f in files} == {f"route={r}" for r in S.ROUTES}
+    # rows are gathered before they are written: fewer rows than one write holds -> one file per
+    # partition, not one per replay batch
+    assert len(rows) < ROWS_PER_WRITE and len(files) == len({f.parent for f in files}) < len(rows) / 2
 
 
 def test_each_bad_case_lands_where_its_label_says(curated, corpus_dir):

@@ -62,9 +62,16 @@ class ShardReadStage(Stage):
 
 def write_shards(ds: ray.data.Dataset, dest: Path) -> None:
     """``ds`` as Parquet shards under ``dest``, hive-partitioned by route and discipline: each write
-    gathers at least :data:`ROWS_PER_WRITE` rows (the last one the rest) and writes one file per
-    partition among them."""
-    ds.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS), min_rows_per_file=ROWS_PER_WRITE)
+    task gathers at least :data:`ROWS_PER_WRITE` rows (a window's last one the rest) and writes one
+    file per partition among them. (Gathered by a batch size, not by ``min_rows_per_file``, which
+    Ray deprecates together with ``partition_cols``.)"""
+    gathered = ds.map_batches(_gather, batch_size=ROWS_PER_WRITE, batch_format="pyarrow", num_cpus=TASK_CPUS)
+    # Ray's default request (1 CPU) could not fit beside the actor pools
+    gathered.write_parquet(str(dest), partition_cols=list(S.PARTITION_COLUMNS), ray_remote_args={"num_cpus": TASK_CPUS})
+
+
+def _gather(batch: pa.Table) -> pa.Table:
+    return batch
 
 
 def recompute_previous(previous_rows: Path, dest: Path, first: str, a: StageArgs, stages: Stages) -> int:

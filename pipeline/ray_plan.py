@@ -61,11 +61,11 @@ def replay_pool_size(cfg: RunConfig) -> int:
     return max(1, int(cpus))
 
 
-TASK_CPUS = 0.25  # each stateless task stage (ingest, route); both must fit beside the actor pools
+TASK_CPUS = 0.25  # each task stage (the write, the pre-pass, a re-route); two must fit beside the actor pools
 
 
 def task_concurrency() -> int:
-    """How many tasks of one task stage (ingest, route) run at once: one per CPU. Their small
+    """How many tasks of one task stage (the pre-pass, a re-route) run at once: one per CPU. Their small
     CPU request (TASK_CPUS) keeps them schedulable beside the actor pools, but uncapped it lets
     Ray start four worker processes per CPU for each stage, and every new worker pays the
     pipeline's imports (~2.5 s of CPU) for ~10 ms of work per record."""
@@ -79,7 +79,7 @@ def stage_cpus(cfg: RunConfig, cluster_cpus: float, pool: int) -> dict[str, floa
     """CPUs per replay actor and per judge actor, so that every stage can run at once.
 
     Ray Data runs the replay pool and the judge pool (``pool`` actors each), the LLM pool and
-    the ingest and route tasks together; if their requests exceed the cluster, a stage never
+    the write tasks together; if their requests exceed the cluster, a stage never
     gets a slot: the task stages starve and the job waits forever without an error (seen at
     1 CPU), or the judge pool never grows past one actor and caps throughput (seen at 2). The
     configured ``replay.cpus_per_actor`` and ``judges.cpus_per_task`` are kept when they fit and

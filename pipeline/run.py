@@ -4,8 +4,8 @@
    with the same inputs and settings continues its staging (pipeline.run_state, pipeline.publish);
 2. pre-pass: what OUT holds already (pipeline.ledger) and the exact duplicates
    (pipeline.dedup_pass): neither is replayed nor judged;
-3. execute: the curation stages of :func:`curation_stages`, ingest -> replay + metric judges ->
-   LLM judges -> routing, all of one shape (pipeline.stage, with the resources of
+3. execute: the curation stages of :func:`curation_stages`, ingest -> replay -> metric judges ->
+   LLM judges -> routing (fused into as few actor pools as possible), all of one shape (pipeline.stage, with the resources of
    pipeline.ray_plan), streamed through Ray Data and committed in units: the earlier rows
    (carried over, or recomputed from the first stage whose settings changed), then one unit per
    window of read tasks;
@@ -58,35 +58,46 @@ class NothingToCurate(RuntimeError):
 
 def curation_stages(first: str, a: StageArgs) -> list[Stage]:
     """The curation stages from ``first`` ("ingest", "replay", "judges" or "routing") to routing,
-    in order: ingest (read tasks -> canonical rows, one task per batch; no image decoded) ->
-    sandboxed replay fused with the metric judges (+ the dedup keys) in one actor -> LLM judges
-    (when configured) -> routing. New records enter at "ingest"; earlier rows recomputed after a
-    settings change enter at the first changed stage (pipeline.ledger)."""
-    if first == "ingest":
-        ingest = IngestStage(cfg=a.cfg.ingest, resources=Resources(TASK_CPUS), batch_size=1, workers=task_concurrency())
-        return [ingest, *curation_stages("replay", a)]
-    if first not in STAGES:
+    in order: ingest (read tasks -> canonical rows; no image decoded) -> sandboxed replay -> the
+    metric judges (+ the dedup keys) -> LLM judges (when configured) -> routing. New records enter
+    at "ingest"; earlier rows recomputed after a settings change enter at the first changed stage
+    (pipeline.ledger).
+
+    The stages run in as few pools as their resources allow (:class:`Fused`): ingest runs in the
+    replay actor, one read task (``ingest.lines_per_task`` records) per batch, so the records'
+    images go into Ray's object store once instead of out of an ingest task and into the actor;
+    replay and the metric judges share the actor (the replayed images stay in it); routing (~1 ms
+    a row) runs in the last actor stage, so the rows leave it routed, straight to the write. Only
+    a run that re-routes stored rows and nothing else has a routing task stage. Parts fused into
+    an actor ask for no CPUs of their own: the actor's request is that of replay and the judges."""
+    if first != "ingest" and first not in STAGES:
         raise ValueError(f"unknown stage {first!r}")
     cfg, cpus, llm = a.cfg, a.resources, a.cfg.judges.llm
     judges = partial(metric_judges, cfg.judges.visual_tokens, cfg.judges.patch_px, cfg.routing.recovered_errors)
     judge = JudgeStage(judges_factory=judges, resources=Resources(cpus["judge_cpus_per_actor"]),
                        batch_size=cfg.judges.batch_size, workers=a.pool_size, elastic=a.elastic)
+    in_actor = Resources(0.0)
     stages: list[Stage] = []
-    if first == "replay":
+    if first in ("ingest", "replay"):
         replay = ReplayStage(cfg=cfg.replay, allow_weak_sandbox=a.allow_weak_sandbox,
                              resources=Resources(cpus["replay_cpus_per_actor"], a.replay_resources),
                              batch_size=cfg.replay.batch_size, workers=cpus.get("replay_actors", a.pool_size),
                              elastic=a.elastic)
-        stages.append(Fused(replay, replace(judge, keys_dir=str(a.keys_dir) if a.keys_dir is not None else None)))
+        parts: list[Stage] = [replay, replace(judge, keys_dir=str(a.keys_dir) if a.keys_dir is not None else None)]
+        if first == "ingest":
+            parts.insert(0, IngestStage(cfg=cfg.ingest, resources=in_actor, batch_size=1))
+        stages.append(Fused(*parts))
     elif first == "judges":  # stored replays re-judged
         stages.append(judge)
     if first != "routing" and llm.enabled:
         stages.append(LLMJudgeStage(settings=llm, cache_dir=str(a.out_dir / JUDGE_CACHE_DIR),
                                     resources=Resources(LLM_ACTOR_CPUS), batch_size=llm.batch_size,
                                     workers=llm.pool_size()))
-    stages.append(RouteStage(policy=cfg.routing, lineage=a.lineage, resources=Resources(TASK_CPUS),
-                             workers=task_concurrency()))
-    return stages
+    route = RouteStage(policy=cfg.routing, lineage=a.lineage, resources=Resources(TASK_CPUS),
+                       workers=task_concurrency())
+    if stages:  # routing in the last actor
+        return [*stages[:-1], Fused(stages[-1], replace(route, resources=in_actor, workers=None))]
+    return [route]
 
 
 def run_pipeline(

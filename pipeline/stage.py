@@ -78,7 +78,8 @@ class Fused(Stage):
     never crosses to another pool (replay + metric judges: the replayed images stay in the actor,
     which keeps a core busy both while its sandbox works and while it judges). Each part is set
     up, timed and recorded under its own name. The actor asks for the CPUs and custom resources
-    of all its parts and takes the first part's batch size and pool."""
+    of all its parts and takes the first part's batch size (what comes in) and the pool of its
+    first actor part."""
 
     actor = True
     stages: list[Stage]
@@ -91,7 +92,8 @@ class Fused(Stage):
         first = stages[0]
         self.stages = list(stages)
         self.resources = Resources(sum(s.resources.cpus for s in stages), custom or None)
-        self.batch_size, self.workers, self.elastic = first.batch_size, first.workers, first.elastic
+        pool = next((s for s in stages if s.actor), first)  # e.g. ingest's read tasks into the replay actors
+        self.batch_size, self.workers, self.elastic = first.batch_size, pool.workers, pool.elastic
 
     @property
     def name(self) -> str:
@@ -160,7 +162,7 @@ def add_stage(ds: ray.data.Dataset, stage: Stage, metrics: Any | None = None) ->
                                "num_cpus": stage.resources.cpus}
     if stage.resources.custom:
         options["resources"] = stage.resources.custom
-    if stage.actor:  # a subclass named after the stage: Ray shows MapBatches(replay+judges)
+    if stage.actor:  # a subclass named after the stage: Ray shows MapBatches(ingest+replay+judges+routing)
         runner = type(stage.name, (StageRunner,), {})
         return ds.map_batches(runner, fn_constructor_kwargs={"stage": stage, "metrics": metrics},
                               compute=actor_pool(stage), **options)

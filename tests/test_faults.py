@@ -61,6 +61,9 @@ def routes(out: Path) -> dict[str, str]:
     return dict(got)
 
 
+REPLAY_ACTOR = "MapBatches(ingest+replay+judges+routing)"  # the replay actor's process name (pipeline.run.curation_stages)
+
+
 def test_zygote_and_replay_judge_actor_killed_mid_run(ray_local, cache_root, tmp_path):
     from pipeline.cli import DEFAULT_N, cache_dir
 
@@ -78,8 +81,8 @@ def test_zygote_and_replay_judge_actor_killed_mid_run(ray_local, cache_root, tmp
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     targets = [  # what to kill, in this order, each once the previous kill is done
         ("zygote", lambda pid, ppid, cmd, by_pid: "pipeline/sandbox/runner.py" in cmd
-         and "MapBatches(replay+judges)" in by_pid.get(ppid, "")),
-        ("replay+judge actor", lambda pid, ppid, cmd, by_pid: cmd.startswith("ray::MapWorker(MapBatches(replay+judges))")),
+         and REPLAY_ACTOR in by_pid.get(ppid, "")),
+        ("replay+judge actor", lambda pid, ppid, cmd, by_pid: cmd.startswith(f"ray::MapWorker({REPLAY_ACTOR})")),
     ]
     killed: list[str] = []
     deadline = time.monotonic() + 900

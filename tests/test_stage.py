@@ -124,24 +124,37 @@ def test_every_stage_the_pipeline_assembles_is_a_stage(ray_local, tmp_path):
     res = a.resources
     stages = curation_stages("ingest", a)
     assert all(isinstance(s, Stage) for s in stages)
-    assert [s.name for s in stages] == ["ingest", "replay+judges", "llm_judges", "routing"]
-    ingest, fused, llm, route = stages
+    # ingest, replay and the metric judges in one actor; routing in the last actor (the LLM pool)
+    assert [s.name for s in stages] == ["ingest+replay+judges", "llm_judges+routing"]
+    fused, llm_route = stages
+    ingest, replay, judge = fused.parts()
+    llm, route = llm_route.parts()
     assert isinstance(ingest, IngestStage) and isinstance(route, RouteStage) and isinstance(llm, LLMJudgeStage)
-    replay, judge = fused.parts()
     assert isinstance(replay, ReplayStage) and isinstance(judge, JudgeStage) and judge.keys_dir == str(a.keys_dir)
-    # the Ray requests of each stage, as the run has always made them
-    n = task_concurrency()
-    assert (ingest.actor, ingest.resources, ingest.batch_size, ingest.workers) == (False, Resources(TASK_CPUS), 1, n)
-    assert (route.actor, route.resources, route.batch_size, route.workers) == (False, Resources(TASK_CPUS), None, n)
-    assert fused.actor and fused.workers == 2 and fused.batch_size == cfg.replay.batch_size
+    # the Ray requests of each pool: the fused parts add none of their own
+    assert ingest.resources == route.resources == Resources(0.0)
+    assert fused.actor and fused.workers == 2 and fused.batch_size == 1  # one read task per batch
     assert fused.resources == Resources(res["replay_cpus_per_actor"] + res["judge_cpus_per_actor"])
-    assert (llm.actor, llm.resources, llm.workers, llm.elastic) == (True, Resources(LLM_ACTOR_CPUS),
-                                                                   cfg.judges.llm.pool_size(), False)
-    assert [s.name for s in curation_stages("replay", a)] == ["replay+judges", "llm_judges", "routing"]
+    assert (llm_route.actor, llm_route.resources, llm_route.workers, llm_route.elastic) == (
+        True, Resources(LLM_ACTOR_CPUS), cfg.judges.llm.pool_size(), False)
+    assert llm_route.batch_size == cfg.judges.llm.batch_size
+    assert [s.name for s in curation_stages("replay", a)] == ["replay+judges", "llm_judges+routing"]
+    assert curation_stages("replay", a)[0].batch_size == cfg.replay.batch_size
     judges_only = curation_stages("judges", a)
-    assert [s.name for s in judges_only] == ["judges", "llm_judges", "routing"]
+    assert [s.name for s in judges_only] == ["judges", "llm_judges+routing"]
     assert judges_only[0].resources == Resources(res["judge_cpus_per_actor"]) and judges_only[0].workers == 2
-    assert [s.name for s in curation_stages("routing", a)] == ["routing"]
+    # without LLM judges routing runs in the replay actor, or after re-judging in the judge actor
+    plain = args(ray_local, RunConfig(), tmp_path)
+    assert [s.name for s in curation_stages("ingest", plain)] == ["ingest+replay+judges+routing"]
+    assert [s.name for s in curation_stages("judges", plain)] == ["judges+routing"]
+    # re-routing alone: routing as Ray tasks
+    n = task_concurrency()
+    (route_only,) = curation_stages("routing", a)
+    assert isinstance(route_only, RouteStage)
+    assert (route_only.actor, route_only.resources, route_only.batch_size, route_only.workers) == (
+        False, Resources(TASK_CPUS), None, n)
+    with pytest.raises(ValueError, match="unknown stage"):
+        curation_stages("write", a)
     # the other Ray stage of a run, the dedup pre-pass, has the same shape
     assert issubclass(KeysStage, Stage) and not KeysStage.recorded
 
@@ -149,6 +162,6 @@ def test_every_stage_the_pipeline_assembles_is_a_stage(ray_local, tmp_path):
 def test_replay_actors_ask_for_the_sandbox_resource_on_a_cluster_that_declares_it(ray_local, tmp_path):
     a = args(ray_local, RunConfig(), tmp_path)
     a.replay_resources, a.elastic = {"sandbox": a.resources["replay_cpus_per_actor"]}, True
-    fused, route = curation_stages("replay", a)
+    (fused,) = curation_stages("replay", a)
     assert fused.resources.custom == {"sandbox": a.resources["replay_cpus_per_actor"]} and fused.elastic
-    assert route.resources.custom is None
+    assert fused.parts()[-1].resources.custom is None  # routing, fused in: no request of its own

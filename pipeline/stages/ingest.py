@@ -260,7 +260,8 @@ def task_items(tasks: list[ReadTask]) -> list[dict[str, Any]]:
 
 @dataclass(kw_only=True)
 class IngestStage(Stage):
-    """Ray stage (tasks): read tasks (rows of :func:`task_items`) -> canonical rows, valid or invalid."""
+    """Read tasks (rows of :func:`task_items`) -> canonical rows, valid or invalid. In a run, the
+    first part of the replay actor (pipeline.run.curation_stages)."""
 
     name = "ingest"
     recorded = False  # the run's metrics time the curation stages; its rows are the input records

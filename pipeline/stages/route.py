@@ -27,7 +27,8 @@ def route_rows(rows: list[dict[str, Any]], policy: RoutingPolicy, lineage: dict[
 
 @dataclass(kw_only=True)
 class RouteStage(Stage):
-    """Ray stage (tasks): :func:`route_rows` on every batch."""
+    """:func:`route_rows` on every batch: in the last actor stage of a run, in Ray tasks when the
+    run only re-routes stored rows (pipeline.run.curation_stages)."""
 
     name = "routing"
     policy: RoutingPolicy

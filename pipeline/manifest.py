@@ -41,25 +41,28 @@ def shard_counts(out_dir: Path) -> dict[str, Any]:
     """Counts per route, route x discipline and reason, straight from the Parquet shards."""
     con = connect(out_dir)
     q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+    # the shards are read once, for the few columns counted (each query below would scan every file)
+    cols = ", ".join((S.ROUTE, S.DISCIPLINE, S.ROUTE_REASONS, S.REPLAY_ENV, S.SOURCE, S.SAMPLE_ID))
+    con.execute(f"CREATE TEMP TABLE counted AS SELECT {cols} FROM {VIEW}")
     routes = {r: 0 for r in S.ROUTES}
-    routes.update(dict(q(f"SELECT {S.ROUTE}, count(*) FROM {VIEW} GROUP BY 1")))
+    routes.update(dict(q(f"SELECT {S.ROUTE}, count(*) FROM counted GROUP BY 1")))
     by_discipline: dict[str, dict[str, int]] = {}
-    for d, r, n in q(f"SELECT {S.DISCIPLINE}, {S.ROUTE}, count(*) FROM {VIEW} GROUP BY 1, 2 ORDER BY 1, 2"):
+    for d, r, n in q(f"SELECT {S.DISCIPLINE}, {S.ROUTE}, count(*) FROM counted GROUP BY 1, 2 ORDER BY 1, 2"):
         by_discipline.setdefault(d, {x: 0 for x in S.ROUTES})[r] = n
     reasons: dict[str, dict[str, int]] = {}
     for r, reason, n in q(
         f"SELECT {S.ROUTE}, reason, count(*) FROM (SELECT {S.ROUTE}, unnest({S.ROUTE_REASONS}) AS reason "
-        f"FROM {VIEW}) GROUP BY 1, 2 ORDER BY 3 DESC, 2"
+        f"FROM counted) GROUP BY 1, 2 ORDER BY 3 DESC, 2"
     ):
         reasons.setdefault(r, {})[reason] = n
     rejected_without_reason = q(
-        f"SELECT count(*) FROM {VIEW} WHERE {S.ROUTE} = '{S.ROUTE_REJECTED}' AND len(coalesce({S.ROUTE_REASONS}, [])) = 0"
+        f"SELECT count(*) FROM counted WHERE {S.ROUTE} = '{S.ROUTE_REJECTED}' AND len(coalesce({S.ROUTE_REASONS}, [])) = 0"
     )[0][0]
-    total, distinct = q(f"SELECT count(*), count(DISTINCT {S.SAMPLE_ID}) FROM {VIEW}")[0]
-    gap_rows = f"(SELECT {S.SOURCE} AS src, unnest({S.REPLAY_ENV}) AS gap FROM {VIEW})"
+    total, distinct = q(f"SELECT count(*), count(DISTINCT {S.SAMPLE_ID}) FROM counted")[0]
+    gap_rows = f"(SELECT {S.SOURCE} AS src, unnest({S.REPLAY_ENV}) AS gap FROM counted)"
     gaps = q(f"SELECT gap, count(DISTINCT src) FROM {gap_rows} GROUP BY 1 ORDER BY 2 DESC, 1")
     by_kind = dict(q(f"SELECT split_part(gap, ':', 1), count(DISTINCT src) FROM {gap_rows} GROUP BY 1 ORDER BY 1"))
-    with_gap = q(f"SELECT count(*) FROM {VIEW} WHERE len(coalesce({S.REPLAY_ENV}, [])) > 0")[0][0]
+    with_gap = q(f"SELECT count(*) FROM counted WHERE len(coalesce({S.REPLAY_ENV}, [])) > 0")[0][0]
     return {
         "output_records": total,
         "distinct_sample_ids": distinct,

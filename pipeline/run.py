@@ -3,7 +3,8 @@
 1. plan: the inputs' read tasks streamed to a plan file in the run's staging folder; a killed run
    with the same inputs and settings continues its staging (pipeline.run_state, pipeline.publish);
 2. pre-pass: what OUT holds already (pipeline.ledger) and the exact duplicates
-   (pipeline.dedup_pass): neither is replayed nor judged;
+   (pipeline.dedup_pass): neither is replayed nor judged; a small input's pre-pass runs in the
+   driver while Ray starts;
 3. execute: the curation stages of :func:`curation_stages`, ingest -> replay -> metric judges ->
    LLM judges -> routing (fused into as few actor pools as possible), all of one shape (pipeline.stage, with the resources of
    pipeline.ray_plan), streamed through Ray Data and committed in units: the earlier rows
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -26,7 +28,7 @@ import ray
 
 from judges import metric_judges
 from pipeline.config import RunConfig
-from pipeline.dedup_pass import dedup_post_pass, post_keys_needed, pre_pass
+from pipeline.dedup_pass import dedup_post_pass, keys_in_driver, post_keys_needed, pre_pass
 from pipeline.execute import execute_units
 from pipeline.ledger import STAGES
 from pipeline.publish import OutLock, has_results, write_failure
@@ -147,12 +149,17 @@ def run_pipeline(
             # once the pre-pass knows that something is to be replayed (a rerun replays nothing).
             with run.timed("sandbox_check_s"):
                 run.sandbox = check_sandbox() if run.n_tasks and run.previous is None else None
-            with run.timed("ray_init_s"):
-                init_ray(address, quiet=quiet, num_cpus=num_cpus)
-            ray.data.DataContext.get_current().enable_progress_bars = not quiet
-            metrics = start_metrics()
-
-            pre_pass(run, bench, recompute)  # 2. pre-pass
+            # 2. the pre-pass; a small input's runs in the driver while Ray starts (keys_in_driver)
+            with ThreadPoolExecutor(1, thread_name_prefix="twi-pre-pass") as beside:
+                early = beside.submit(pre_pass, run, bench, recompute) if keys_in_driver(run) else None
+                with run.timed("ray_init_s"):
+                    init_ray(address, quiet=quiet, num_cpus=num_cpus)
+                ray.data.DataContext.get_current().enable_progress_bars = not quiet
+                metrics = start_metrics()
+                if early is not None:
+                    early.result()
+                else:
+                    pre_pass(run, bench, recompute)
             replays = run.input_records > run.known or run.first == "replay"
             if run.sandbox is None and replays and (run.n_tasks or run.previous):
                 with run.timed("sandbox_check_s"):

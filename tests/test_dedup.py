@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from judges.visual_gain import VisualGainJudge
 from pipeline.cli import app
 from pipeline.config import DedupConfig, IngestConfig, RunConfig
+from pipeline.dedup_pass import dedup_verdicts
 from pipeline.run import run_pipeline
 from pipeline.stage import Resources
 from pipeline.stages.best_of_n import QUALITY_WEIGHTS, ROUTE_TIER, quality
@@ -43,6 +44,7 @@ from pipeline.stages.dedup import (
 )
 from pipeline.stages.dedup import find_verdicts as _find_verdicts
 from pipeline.stages.ingest import IngestStage, plan_read_tasks, read_task
+from pipeline.tools.shards import SHARDS_DIR
 from schemas import sample as S
 from tests.format_fixtures import BOX, crop_zoom, label_image
 from tests.images import png
@@ -399,3 +401,20 @@ def test_ray_run_best_of_n_duplicates_and_contamination(ray_local, corpus, tmp_p
     assert quality(four[0]) != quality(four[2])
     assert kept == [max(routable, key=lambda i: quality(four[i]))]
     assert ROUTE_TIER[four[kept[0]][S.ROUTE]] < ROUTE_TIER["rejected"]
+
+
+def test_pre_pass_in_the_driver_and_in_ray_data_agree(ray_local, corpus, tmp_path):
+    """A small input's pre-pass reads its records in the driver (while Ray starts), a large one's
+    in Ray Data tasks: the same exact duplicates, the same records OUT holds, window by window."""
+    out = tmp_path / "out"
+    first = run_pipeline([corpus / "in" / "a.jsonl"], out, RunConfig(), quiet=True)  # OUT holds a.jsonl
+    assert first["dedup"]["duplicates"] == 1 and first["timings"]["dedup_s"] >= 0
+    tasks = plan_read_tasks([corpus / "in" / f for f in ("a.jsonl", "b.jsonl")], 2)
+    windows = [tasks[:2], tasks[2:]]
+    got = {mode: dedup_verdicts(windows, RunConfig(), None, tmp_path / mode, out / SHARDS_DIR, in_driver=mode == "driver")
+           for mode in ("driver", "ray")}
+    assert got["driver"] == got["ray"]
+    verdicts, counts, superseded = got["driver"]
+    assert counts == {"duplicates": 1, "already_curated": 4, "superseded": 0} and superseded == set()
+    assert sorted(short(verdicts)) == [("a.jsonl", i) for i in range(4)]  # a.jsonl: curated already
+    assert len(list((tmp_path / "driver" / "prekeys").glob("*.parquet"))) == len(windows)

@@ -103,12 +103,23 @@ class Fused(Stage):
         return [part for stage in self.stages for part in stage.parts()]
 
 
+def single_threaded_libraries() -> None:
+    """Run OpenCV on this worker's thread only. Parallelism comes from the pools (one replay actor
+    per CPU, pipeline.ray_plan), as Ray's OMP_NUM_THREADS=1 for its workers and the sandbox's
+    environment assume; OpenCV's own pool (one thread per CPU by default) would only compete with
+    the other actors and their sandboxes for the same cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 class StageRunner:
     """The Ray Data callable of every stage: sets the stage up once, then per Arrow batch: rows
     through each part, each part timed (wall and CPU seconds, plus its :meth:`Stage.extra_cpu_s`)
     and recorded once in the run's StageMetrics actor, the last part's rows back to Arrow."""
 
     def __init__(self, stage: Stage, metrics: Any | None = None) -> None:
+        single_threaded_libraries()
         self.parts = stage.parts()
         self.metrics = metrics
         for part in self.parts:

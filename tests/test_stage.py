@@ -42,7 +42,9 @@ class Numbered(Stage):
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def process(self, rows: list[dict]) -> list[dict]:
-        return [{**r, "token": self.token, "setups": self.setups} for r in rows]
+        import cv2
+
+        return [{**r, "token": self.token, "setups": self.setups, "cv2_threads": cv2.getNumThreads()} for r in rows]
 
     def extra_cpu_s(self) -> float:
         return 1.0  # counted once per batch: the call after the batch
@@ -85,6 +87,7 @@ def test_actor_stage_sets_up_once_per_actor_and_records_once_per_batch(ray_local
     rows, stats = run_stages(ray_local, [stage])
     assert [r["x"] for r in rows] == list(range(ROWS))
     assert {r["setups"] for r in rows} == {1}  # never set up again for a later batch
+    assert {r["cv2_threads"] for r in rows} == {1}  # one actor per CPU: no OpenCV thread pool of its own
     assert 1 <= len({r["token"] for r in rows}) <= 2  # 6 batches, at most one set-up per actor
     assert set(stats) == {"numbered"}
     s = stats["numbered"]

@@ -99,6 +99,15 @@ def test_zygote_environment_is_clean(box, monkeypatch):
     assert len(os.listdir(f"/proc/{box.zygote_pid}/task")) == 1  # single-threaded before forking
 
 
+@pytest.mark.timeout(60)
+def test_cells_libraries_run_on_one_thread(box):
+    """One sandbox per CPU: the cells' numeric libraries do not start thread pools of their own
+    (OpenCV's ignores OMP_NUM_THREADS; its own variable is set)."""
+    out = box.replay(["import cv2, os\nprint(cv2.getNumThreads(), os.environ['OMP_NUM_THREADS'])"], [])
+    assert out[0].status == "ok", out[0].error
+    assert out[0].stdout.split() == ["1", "1"]
+
+
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:

@@ -159,9 +159,14 @@ def child_environment(home: str, mpl_dir: str) -> dict[str, str]:
         "TMPDIR": home,
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
+        # One thread per library: the run starts one sandbox per CPU (pipeline.ray_plan), so a
+        # library's own thread pool only competes with the other sandboxes and actors for the same
+        # cores. OpenCV's pool ignores OMP_NUM_THREADS: measured, two sandboxes replaying at once
+        # on 2 CPUs used 4-8 % more CPU with its default (one thread per CPU).
         "OPENBLAS_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        "OPENCV_FOR_THREADS_NUM": "1",
         "MPLBACKEND": "Agg",
         "MPLCONFIGDIR": mpl_dir,
         "OPENCV_IO_MAX_IMAGE_PIXELS": str(1 << 27),

@@ -13,7 +13,7 @@ On a sample corpus of ``--n`` records (default 480, built once and cached under
       stop a "1-CPU" run from using every core). Two walls per run: the whole run (Ray start, plan, sandbox check, dedup
       pre-pass, the streamed execute, best-of-N, manifest) and the execute part alone.
       P2 = whole-run wall x 2 CPUs of the 2-CPU run. ``run_pipeline`` starts Ray, as a user's run
-      does (a small input's dedup pre-pass runs in the driver meanwhile).
+      does (a small input's dedup pre-pass runs in the driver meanwhile, beside the sandbox check too).
 
 Prints both and writes to ``--json FILE``::
 
@@ -148,7 +148,7 @@ def report(s: dict) -> None:
         t = r["timings"]
         print(f"(P) {r['cpus']} CPU(s): whole run {r['wall_s']:.1f} s wall (Ray start {t.get('ray_init_s', 0):.1f}, "
               f"plan {t.get('plan_s', 0):.1f}, sandbox check {t.get('sandbox_check_s', 0):.1f}, "
-              f"dedup pre-pass {t.get('dedup_s', 0):.1f} (<= 2,000 records: while Ray starts), execute {r['execute_s']:.1f}, "
+              f"dedup pre-pass {t.get('dedup_s', 0):.1f} (<= 2,000 records: beside the sandbox check and Ray start), execute {r['execute_s']:.1f}, "
               f"best-of-N {t.get('best_of_n_s', 0):.1f}); {r['records'] / r['wall_s']:.2f} samples/s; "
               f"agreement {r['agreement']}; load average at the end {r['loadavg']:.1f}")
         print("      stage busy s / CPU s (rows; busy ms/sample, CPU ms/sample): " + ", ".join(

@@ -40,6 +40,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from judges.base import Verdict
+from pipeline.stages.fidelity import Integrals, integrals, window_variance
 from schemas import sample as S
 from schemas.dimensions import Dimension
 
@@ -77,14 +78,27 @@ class Registration:
     box: tuple[int, int, int, int]  # region of the original (x, y, w, h)
 
 
-View = tuple[np.ndarray, float, int, int]  # blurred image, scale a, its origin (x, y) in the input
+class View:
+    """A blurred copy ``img`` of the input at scale ``a``, its origin (x, y) in the input's pixels,
+    and (when a search first asks) its integral images for the windows' variances."""
+
+    def __init__(self, img: np.ndarray, a: float, x: int, y: int):
+        self.img, self.a, self.x, self.y = img, a, x, y
+
+    @cached_property
+    def integrals(self) -> Integrals:
+        return integrals(self.img)
+
+
+def _resized(gray: np.ndarray, a: float, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``gray`` shrunk by ``a`` (area average), or to ``size`` (w, h); unchanged when no smaller."""
+    h, w = gray.shape
+    size = size or (max(1, round(w * a)), max(1, round(h * a)))
+    return gray if a >= 1.0 and size[0] >= w else cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
 def _view(gray: np.ndarray, a: float, sigma: float, x: int = 0, y: int = 0) -> View:
-    h, w = gray.shape
-    t = gray if a >= 1.0 else cv2.resize(gray, (max(1, round(w * a)), max(1, round(h * a))),
-                                          interpolation=cv2.INTER_AREA)
-    return cv2.GaussianBlur(t, (0, 0), sigma), min(a, 1.0), x, y
+    return View(cv2.GaussianBlur(_resized(gray, a), (0, 0), sigma), min(a, 1.0), x, y)
 
 
 class Prepared:
@@ -97,12 +111,21 @@ class Prepared:
         self.shape = gray.shape
 
     @cached_property
+    def _mid_pixels(self) -> np.ndarray:
+        """The input resized for the mid view (unblurred); the coarse view is resized from it,
+        not from the full-resolution input once more."""
+        return _resized(self.gray, min(1.0, MID_SIDE / max(self.shape)))
+
+    @cached_property
     def mid(self) -> View:
-        return _view(self.gray, min(1.0, MID_SIDE / max(self.shape)), 1.5)
+        return View(cv2.GaussianBlur(self._mid_pixels, (0, 0), 1.5), min(1.0, MID_SIDE / max(self.shape)), 0, 0)
 
     @cached_property
     def coarse(self) -> View:
-        return _view(self.gray, min(1.0, COARSE_SIDE / max(self.shape)), 1.0)
+        a = min(1.0, COARSE_SIDE / max(self.shape))
+        h, w = self.shape
+        t = _resized(self._mid_pixels, 1.0, (max(1, round(w * a)), max(1, round(h * a))))
+        return View(cv2.GaussianBlur(t, (0, 0), 1.0), a, 0, 0)
 
 
 class _Output:
@@ -130,7 +153,7 @@ def _match(view: View, out: _Output, k: float,
     """Best normalised correlation of ``out`` magnified ``k``x over the view or, when ``near`` (a
     top-left corner in input pixels) is given, over a window ``margin`` template sizes (+4 px)
     around it."""
-    img, a, vx, vy = view
+    img, a, vx, vy = view.img, view.a, view.x, view.y
     h, w = out.shape
     tw, th = round(w * a / k), round(h * a / k)
     if min(tw, th) < MIN_TEMPLATE or tw > img.shape[1] or th > img.shape[0]:
@@ -146,11 +169,7 @@ def _match(view: View, out: _Output, k: float,
         return None
     res = cv2.matchTemplate(img, templ, cv2.TM_CCOEFF_NORMED)
     # Flat windows make the normalised correlation degenerate (OpenCV reports 1.0): exclude them.
-    t = img.astype(np.float32)
-    mean = cv2.boxFilter(t, -1, (tw, th), normalize=True, borderType=cv2.BORDER_ISOLATED)
-    sq = cv2.boxFilter(t * t, -1, (tw, th), normalize=True, borderType=cv2.BORDER_ISOLATED)
-    x0, y0 = tw // 2, th // 2
-    var = (sq - mean * mean)[y0 : y0 + res.shape[0], x0 : x0 + res.shape[1]]
+    var = window_variance(view.integrals, th, tw, oy, ox, *img.shape)
     res = np.where(var > 1.0, np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0), -1.0)
     _, corr, _, loc = cv2.minMaxLoc(res)
     return Registration(float(corr), k, (vx + round((loc[0] + ox) / a), vy + round((loc[1] + oy) / a),
@@ -170,7 +189,7 @@ def _proposals(ref: Prepared, out: _Output) -> list[Registration]:
         found = []
         for k in sorted({*PROPOSAL_GRID, *COMMON_ZOOMS, w / W, h / H}):
             # A scale is searched on the smallest thumbnail where its template is large enough.
-            small = min(w, h) * ref.coarse[1] / k < COARSE_MIN_TEMPLATE
+            small = min(w, h) * ref.coarse.a / k < COARSE_MIN_TEMPLATE
             if (view is ref.coarse) != small and (r := _match(view, out, k)) is not None:
                 found.append(r)
         kept: list[Registration] = []

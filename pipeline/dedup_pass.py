@@ -29,7 +29,8 @@ from pipeline.tools.shards import SHARDS_DIR
 from schemas import sample as S
 
 KEY_TASKS_PER_BATCH = 16  # the key pass has no replay behind it: bigger batches, fewer Ray tasks
-# Up to this many input records the pre-pass reads them in the driver, while Ray starts, instead
+# Up to this many input records the pre-pass reads them in the driver, beside the sandbox check
+# and Ray start, instead
 # of in Ray Data tasks. Measured on 480 records at 2 CPUs: in the driver ~2 ms a record (parse
 # and sha256); through Ray Data 5.1 s of wall and 8.4 s of CPU, of which 1.0 s is the work and the
 # rest starting its first task workers and Ray Data's own actors (1.1 s once they are warm). The
@@ -44,7 +45,7 @@ def post_keys_needed(cfg: RunConfig, benchmark: list | None) -> bool:
 
 def keys_in_driver(run: Run) -> bool:
     """The pre-pass of a small input reads it in the driver (``DRIVER_KEY_RECORDS``), so it needs
-    no Ray and can run while Ray starts (pipeline.run)."""
+    no Ray and can run beside the sandbox check and Ray start (pipeline.run)."""
     return run.input_records <= DRIVER_KEY_RECORDS
 
 

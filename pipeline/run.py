@@ -4,7 +4,7 @@
    with the same inputs and settings continues its staging (pipeline.run_state, pipeline.publish);
 2. pre-pass: what OUT holds already (pipeline.ledger) and the exact duplicates
    (pipeline.dedup_pass): neither is replayed nor judged; a small input's pre-pass runs in the
-   driver while Ray starts;
+   driver, beside the sandbox check and Ray start;
 3. execute: the curation stages of :func:`curation_stages`, ingest -> replay -> metric judges ->
    LLM judges -> routing (fused into as few actor pools as possible), all of one shape (pipeline.stage, with the resources of
    pipeline.ray_plan), streamed through Ray Data and committed in units: the earlier rows
@@ -145,13 +145,14 @@ def run_pipeline(
                 raise NothingToCurate(f"0 input records in {', '.join(str(i) for i in inputs)}: nothing to curate; "
                                       f"the results already in {run.out_dir} were left untouched.")
             mark_resumable(run)
-            # The sandbox is checked before any Ray work on a first run; into an OUT with results,
-            # once the pre-pass knows that something is to be replayed (a rerun replays nothing).
-            with run.timed("sandbox_check_s"):
-                run.sandbox = check_sandbox() if run.n_tasks and run.previous is None else None
-            # 2. the pre-pass; a small input's runs in the driver while Ray starts (keys_in_driver)
+            # 2. the pre-pass; a small input's runs in the driver (keys_in_driver), beside the
+            # sandbox check and Ray start
             with ThreadPoolExecutor(1, thread_name_prefix="twi-pre-pass") as beside:
                 early = beside.submit(pre_pass, run, bench, recompute) if keys_in_driver(run) else None
+                # The sandbox is checked before any Ray work on a first run; into an OUT with results,
+                # once the pre-pass knows that something is to be replayed (a rerun replays nothing).
+                with run.timed("sandbox_check_s"):
+                    run.sandbox = check_sandbox() if run.n_tasks and run.previous is None else None
                 with run.timed("ray_init_s"):
                     init_ray(address, quiet=quiet, num_cpus=num_cpus)
                 ray.data.DataContext.get_current().enable_progress_bars = not quiet

@@ -302,14 +302,42 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb))
 
 
-def _ncc(img: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """TM_CCOEFF_NORMED, with windows of (almost) uniform grey set to -1 (OpenCV reports 1 there)."""
+Integrals = tuple[np.ndarray, np.ndarray]
+
+
+def integrals(img: np.ndarray) -> Integrals:
+    """Sum and squared-sum integral images of ``img`` (float64), for :func:`window_variance`."""
+    return cv2.integral2(img, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
+
+
+def window_variance(integ: Integrals, th: int, tw: int, y0: int = 0, x0: int = 0,
+                    h: int | None = None, w: int | None = None) -> np.ndarray:
+    """Grey-level variance of every ``th`` x ``tw`` window inside the region [y0, y0 + h) x
+    [x0, x0 + w) of the image whose :func:`integrals` are ``integ`` (default: the whole image),
+    indexed by the window's top-left corner: the shape of ``cv2.matchTemplate``'s result over that
+    region. Four lookups per window whatever its size, so a search over many template sizes pays
+    for the image's integrals once instead of two box filters (or correlations) per size."""
+    s, sq = integ
+    h = s.shape[0] - 1 - y0 if h is None else h
+    w = s.shape[1] - 1 - x0 if w is None else w
+    ny, nx = h - th + 1, w - tw + 1
+
+    def sums(a: np.ndarray) -> np.ndarray:
+        return (a[y0 + th:y0 + th + ny, x0 + tw:x0 + tw + nx] - a[y0:y0 + ny, x0 + tw:x0 + tw + nx]
+                - a[y0 + th:y0 + th + ny, x0:x0 + nx] + a[y0:y0 + ny, x0:x0 + nx])
+
+    n = float(th * tw)
+    mean = sums(s) / n
+    return sums(sq) / n - mean * mean
+
+
+def _ncc(img: np.ndarray, t: np.ndarray, integ: Integrals | None = None, y0: int = 0, x0: int = 0) -> np.ndarray:
+    """TM_CCOEFF_NORMED, with windows of (almost) uniform grey set to -1 (OpenCV reports 1 there).
+    ``integ``: the :func:`integrals` of the image ``img`` was cut from at (y0, x0) (default: of
+    ``img`` itself)."""
     res = cv2.matchTemplate(img, t, cv2.TM_CCOEFF_NORMED)
     th, tw = t.shape
-    ones = np.ones((th, tw), np.float32)
-    s1 = cv2.matchTemplate(img, ones, cv2.TM_CCORR)
-    s2 = cv2.matchTemplate(img * img, ones, cv2.TM_CCORR)
-    var = s2 / ones.size - (s1 / ones.size) ** 2
+    var = window_variance(integ if integ is not None else integrals(img), th, tw, y0, x0, *img.shape)
     res[var < 1e-5] = -1.0
     return np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0)
 
@@ -325,6 +353,7 @@ def _coarse(small: np.ndarray, big: np.ndarray, swap: bool) -> list[tuple[float,
     k = min(1.0, s_max * c * 1.5)
     small_c = _resize(small, sw * k, sh * k)  # resized once; templates are cut from this copy
     found: list[tuple[float, float, float, float, bool]] = []
+    big_i = integrals(big_c)
     s = s_max
     while s >= s_max * MIN_CONTAINED_SIDE:
         tw, th = sw * s * c, sh * s * c
@@ -332,7 +361,7 @@ def _coarse(small: np.ndarray, big: np.ndarray, swap: bool) -> list[tuple[float,
             break
         t = _resize(small_c, tw, th)
         if t.shape[0] <= big_c.shape[0] and t.shape[1] <= big_c.shape[1] and float(t.std()) > 1e-3:
-            _, mx, _, loc = cv2.minMaxLoc(_ncc(big_c, t))
+            _, mx, _, loc = cv2.minMaxLoc(_ncc(big_c, t, big_i))
             found.append((mx, s, loc[0] / c, loc[1] / c, swap))
         s /= 1.08
     return found
@@ -356,6 +385,7 @@ def _refine(small: np.ndarray, big: np.ndarray, s: float, x: float, y: float, sw
     small_r = _resize(small, sw * k0, sh * k0)
     best = _Hyp(x, y, sw * s, sh * s, swap, corr)
     best_score = -2.0
+    big_i = integrals(big_r)
     for k in np.linspace(-0.05, 0.05, 11):
         sk = s * (1 + k)
         tw, th = sw * sk * r, sh * sk * r
@@ -371,7 +401,7 @@ def _refine(small: np.ndarray, big: np.ndarray, s: float, x: float, y: float, sw
         win = big_r[y0:y1, x0:x1]
         if win.shape[0] < t.shape[0] or win.shape[1] < t.shape[1]:
             continue
-        _, mx, _, loc = cv2.minMaxLoc(_ncc(win, t))
+        _, mx, _, loc = cv2.minMaxLoc(_ncc(win, t, big_i, y0, x0))
         if mx > best_score:
             best_score = mx
             best = _Hyp((x0 + loc[0]) / r, (y0 + loc[1]) / r, t.shape[1] / r, t.shape[0] / r, swap, mx)

@@ -133,6 +133,10 @@ def summarize(n: int, lim: dict, runs: dict[int, dict]) -> dict:
         "cost_ratio_execute": round(p2["execute_s"] * 2 / L, 3),
         "speedup_1_to_2_execute": round(p1["execute_s"] / p2["execute_s"], 3),
         "samples_per_s_execute": round(p2["records"] / p2["execute_s"], 3),
+        # the same records' stage CPU at 2 CPUs over at 1 CPU: > 1 when running both cores at once
+        # costs this machine CPU time (bench/cores.py measures that on L's own work)
+        "stage_cpu_2_over_1": round(sum(v.get("cpu_s", 0) for v in p2["stages"].values())
+                                    / max(sum(v.get("cpu_s", 0) for v in p1["stages"].values()), 1e-9), 3),
         "limit": {k: round(v, 3) if isinstance(v, float) else v for k, v in lim.items()},
         "runs": {str(c): r for c, r in runs.items()},
     }
@@ -160,6 +164,8 @@ def report(s: dict) -> None:
     print(f"speedup 1 -> 2 CPUs (whole run): {s['speedup_1_to_2']:.2f}x   "
           f"(execute part only: {s['speedup_1_to_2_execute']:.2f}x)")
     print(f"samples/s at 2 CPUs (whole run): {s['samples_per_s']:.2f}   (execute part: {s['samples_per_s_execute']:.2f})")
+    print(f"stages' CPU s for the same records at 2 CPUs / at 1 CPU: {s['stage_cpu_2_over_1']:.2f} "
+          "(the cost of both cores at once on this machine: python bench/cores.py)")
 
 
 def main() -> None:

@@ -30,11 +30,11 @@ from schemas import sample as S
 
 KEY_TASKS_PER_BATCH = 16  # the key pass has no replay behind it: bigger batches, fewer Ray tasks
 # Up to this many input records the pre-pass reads them in the driver, beside the sandbox check
-# and Ray start, instead
-# of in Ray Data tasks. Measured on 480 records at 2 CPUs: in the driver ~2 ms a record (parse
-# and sha256); through Ray Data 5.1 s of wall and 8.4 s of CPU, of which 1.0 s is the work and the
-# rest starting its first task workers and Ray Data's own actors (1.1 s once they are warm). The
-# break-even on 2 CPUs is a few thousand records; beyond, the records are read in parallel.
+# and Ray start, instead of in Ray Data tasks. Measured on 480 records at 2 CPUs: in the driver
+# ~2 ms a record (parse and sha256); through Ray Data 5.1 s of wall and 8.4 s of CPU, of which
+# 1.0 s is the work and the rest starting its first task workers and Ray Data's own actors (1.1 s
+# once they are warm). The break-even on 2 CPUs is a few thousand records; beyond, the records are
+# read in parallel.
 DRIVER_KEY_RECORDS = 2_000
 
 

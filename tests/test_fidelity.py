@@ -23,7 +23,14 @@ import pytest  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 
 from judges.code_correctness import FABRICATION_FIDELITY, CodeCorrectnessJudge  # noqa: E402
-from pipeline.stages.fidelity import cell_fidelity, image_match, text_fidelity, unseeded_randomness  # noqa: E402
+from pipeline.stages.fidelity import (  # noqa: E402
+    cell_fidelity,
+    image_match,
+    integrals,
+    text_fidelity,
+    unseeded_randomness,
+    window_variance,
+)
 from routing.policy import RoutingPolicy  # noqa: E402
 from schemas import sample as S  # noqa: E402
 
@@ -457,3 +464,22 @@ def test_real_visualsketchpad_spring_layout_cell_is_faithful():
     assert "Maximum flow value: 10" in second[S.CELL_STDOUT]
     assert second[S.CELL_FIDELITY] >= FABRICATION_FIDELITY
     assert cells[0][S.CELL_FIDELITY] >= 0.95  # the reproduced NetworkXUnbounded error
+
+
+def test_window_variance_equals_each_windows_own_variance():
+    """Integral-image variances (visual gain's and fidelity's flat-window test) against np.var of
+    every window: whole images and sub-regions, uint8 and float32, flat and textured windows."""
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (37, 53)).astype(np.uint8)
+    grey[5:20, 10:30] = 128  # a flat patch: variance 0 there
+    for img in (grey, grey.astype(np.float32) / 255):
+        integ = integrals(img)
+        for th, tw, y0, x0, h, w in ((1, 1, 0, 0, 37, 53), (7, 5, 0, 0, 37, 53), (15, 20, 5, 10, 15, 20),
+                                     (4, 9, 3, 8, 20, 30), (37, 53, 0, 0, 37, 53)):
+            got = window_variance(integ, th, tw, y0, x0, h, w)
+            region = img[y0:y0 + h, x0:x0 + w].astype(np.float64)
+            want = np.array([[region[y:y + th, x:x + tw].var() for x in range(w - tw + 1)] for y in range(h - th + 1)])
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, atol=1e-9 * max(1.0, float(want.max())))
+        assert window_variance(integ, 15, 20, 5, 10, 15, 20)[0, 0] == pytest.approx(0.0, abs=1e-9)
+        assert window_variance(integ, 7, 5).shape == window_variance(integrals(img), 7, 5, 0, 0, 37, 53).shape

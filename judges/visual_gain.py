@@ -90,11 +90,11 @@ class View:
         return integrals(self.img)
 
 
-def _resized(gray: np.ndarray, a: float, size: tuple[int, int] | None = None) -> np.ndarray:
+def _resized(gray: np.ndarray, a: float = 1.0, size: tuple[int, int] | None = None) -> np.ndarray:
     """``gray`` shrunk by ``a`` (area average), or to ``size`` (w, h); unchanged when no smaller."""
     h, w = gray.shape
     size = size or (max(1, round(w * a)), max(1, round(h * a)))
-    return gray if a >= 1.0 and size[0] >= w else cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return gray if size[0] >= w and size[1] >= h else cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
 def _view(gray: np.ndarray, a: float, sigma: float, x: int = 0, y: int = 0) -> View:
@@ -111,20 +111,22 @@ class Prepared:
         self.shape = gray.shape
 
     @cached_property
-    def _mid_pixels(self) -> np.ndarray:
-        """The input resized for the mid view (unblurred); the coarse view is resized from it,
-        not from the full-resolution input once more."""
-        return _resized(self.gray, min(1.0, MID_SIDE / max(self.shape)))
+    def _mid_pixels(self) -> tuple[np.ndarray, float]:
+        """The input resized for the mid view (unblurred) and its scale; the coarse view is
+        resized from it, not from the full-resolution input once more."""
+        a = min(1.0, MID_SIDE / max(self.shape))
+        return _resized(self.gray, a), a
 
     @cached_property
     def mid(self) -> View:
-        return View(cv2.GaussianBlur(self._mid_pixels, (0, 0), 1.5), min(1.0, MID_SIDE / max(self.shape)), 0, 0)
+        pixels, a = self._mid_pixels
+        return View(cv2.GaussianBlur(pixels, (0, 0), 1.5), a, 0, 0)
 
     @cached_property
     def coarse(self) -> View:
         a = min(1.0, COARSE_SIDE / max(self.shape))
         h, w = self.shape
-        t = _resized(self._mid_pixels, 1.0, (max(1, round(w * a)), max(1, round(h * a))))
+        t = _resized(self._mid_pixels[0], size=(max(1, round(w * a)), max(1, round(h * a))))
         return View(cv2.GaussianBlur(t, (0, 0), 1.0), a, 0, 0)
 
 

@@ -40,7 +40,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from judges.base import Verdict
-from pipeline.stages.fidelity import Integrals, integrals, window_variance
+from pipeline.stages.fidelity import Integrals, grey_std, integrals, window_variance
 from schemas import sample as S
 from schemas.dimensions import Dimension
 
@@ -167,7 +167,7 @@ def _match(view: View, out: _Output, k: float,
         oy = min(max(0, round((near[1] - vy) * a) - my), img.shape[0] - th)
         img = img[oy : min(img.shape[0], oy + th + 2 * my), ox : min(img.shape[1], ox + tw + 2 * mx)]
     templ = out.template(tw, th)
-    if templ.std() < 1.0:
+    if grey_std(templ) < 1.0:
         return None
     res = cv2.matchTemplate(img, templ, cv2.TM_CCOEFF_NORMED)
     # Flat windows make the normalised correlation degenerate (OpenCV reports 1.0): exclude them.
@@ -291,10 +291,11 @@ def register(original: np.ndarray | Prepared, output: np.ndarray,
              hints: tuple[tuple[float, float, float, float], ...] = ()) -> Registration | None:
     """Find where ``output`` sits in ``original`` and at what magnification (None if nowhere).
 
-    ``hints`` are boxes the trajectory's code names (:func:`code_boxes`): each is checked first, at
-    the search's finest step (scales within 2^(9/64) and positions within 15 % of the box, at up to
-    full resolution); the first the pixels confirm (correlation >= SURE_CORR) is the answer and the
-    search below does not run. A wrong, forged or unrelated box costs one check, never a score.
+    ``hints`` are boxes the trajectory's code names (:func:`code_boxes`), then the whole input:
+    each is checked first, at the search's finest step (scales within 2^(9/64) and positions within
+    15 % of the box, at up to full resolution); the first the pixels confirm (correlation >=
+    SURE_CORR) is the answer and the search below does not run. A wrong, forged or unrelated box
+    costs one check, never a score.
 
     Coarse to fine, in position and in scale (both sides blurred so resampling artefacts do not
     matter; a template is never smaller than MIN_TEMPLATE px):
@@ -308,7 +309,10 @@ def register(original: np.ndarray | Prepared, output: np.ndarray,
     """
     ref = original if isinstance(original, Prepared) else Prepared(original)
     out = _Output(output)
-    for box in hints:
+    H, W = ref.shape
+    # the whole input last: copies, whole-image enhancements and resizes (common, and without a
+    # box in the code) are then one check instead of a search
+    for box in (*hints, (0.0, 0.0, float(W), float(H))):
         if (found := _from_hint(ref, out, box)) is not None:
             return found
     proposals = _proposals(ref, out)
@@ -359,7 +363,7 @@ def image_gain(original: np.ndarray | Prepared, output: np.ndarray, budget_px: f
     h, w = output.shape
     if min(h, w) < MIN_SIDE:
         return 0.0, f"output {w}x{h} too small"
-    if output.std() < 2.0:
+    if grey_std(output) < 2.0:
         return 0.0, "output blank"
     H, W = ref.shape
     reg = register(ref, output, hints)

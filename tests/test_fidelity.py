@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 from judges.code_correctness import FABRICATION_FIDELITY, CodeCorrectnessJudge  # noqa: E402
 from pipeline.stages.fidelity import (  # noqa: E402
     cell_fidelity,
+    grey_std,
     image_match,
     integrals,
     text_fidelity,
@@ -483,3 +484,14 @@ def test_window_variance_equals_each_windows_own_variance():
             np.testing.assert_allclose(got, want, atol=1e-9 * max(1.0, float(want.max())))
         assert window_variance(integ, 15, 20, 5, 10, 15, 20)[0, 0] == pytest.approx(0.0, abs=1e-9)
         assert window_variance(integ, 7, 5).shape == window_variance(integrals(img), 7, 5, 0, 0, 37, 53).shape
+
+
+def test_grey_std_equals_numpy_std():
+    """The searches' flatness test: OpenCV's one-pass std equals np.std (accumulated in float64,
+    as OpenCV does) on every depth they see, and on views, bool, int64 and empty arrays."""
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (41, 67)).astype(np.uint8)
+    for img in (grey, grey[3:30, 7:50], grey.astype(np.float32) / 255, grey.astype(np.float64), grey.astype(np.int64),
+                grey > 128, np.full((9, 9), 7, np.uint8)):
+        assert grey_std(img) == pytest.approx(float(np.std(img, dtype=np.float64)), rel=1e-9, abs=1e-12)
+    assert grey_std(np.zeros((0, 5), np.uint8)) == 0.0

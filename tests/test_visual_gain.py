@@ -43,6 +43,19 @@ def test_downscaled_copy_scores_zero(page):
     assert image_gain(page, small, BUDGET)[0] == 0.0
 
 
+def test_whole_input_copies_register_as_the_whole_image(page):
+    """Copies, whole-image enhancements and resizes (no box in the code) are checked as the
+    whole input before any search: the exact box at the exact scale."""
+    H, W = page.shape
+    brighter = cv2.convertScaleAbs(page, alpha=1.3, beta=-20)
+    half = cv2.resize(page, (W // 2, H // 2), interpolation=cv2.INTER_AREA)
+    for out, k in ((page.copy(), 1.0), (brighter, 1.0), (half, 0.5)):
+        reg = register(page, out)
+        assert reg.box == (0, 0, W, H) and reg.zoom_k == pytest.approx(k) and reg.corr >= 0.95
+    # a region is still found by the search (the whole image does not fit it)
+    assert register(page, zoom(page, 1450, 1450, 1700, 1600, 4)).box[2] == pytest.approx(250, rel=0.06)
+
+
 def test_blank_and_tiny_outputs_score_zero(page):
     assert image_gain(page, np.full((500, 500), 128, np.uint8), BUDGET) == (0.0, "output blank")
     assert image_gain(page, page[1500:1520, 1500:1520], BUDGET)[0] == 0.0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -41,7 +41,7 @@ from pipeline.ray_plan import (
     start_metrics,
     task_concurrency,
 )
-from pipeline.run_state import mark_resumable, open_run, open_staging, plan_run, publish_run
+from pipeline.run_state import Run, mark_resumable, open_run, open_staging, plan_run, publish_run
 from pipeline.stage import Fused, Resources, Stage
 from pipeline.stages.dedup import KEYS_DIR, load_benchmark
 from pipeline.stages.ingest import IngestStage, discover_inputs
@@ -102,6 +102,24 @@ def curation_stages(first: str, a: StageArgs) -> list[Stage]:
     return [route]
 
 
+def timed_check(run: Run, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    with run.timed("sandbox_check_s"):
+        return check()
+
+
+def refuse_or_pass(checking: Future | None, started_ray: bool) -> dict[str, Any] | None:
+    """The sandbox check's report (None when none ran). When it refuses, a Ray this run started
+    is shut down again before the refusal is raised: no stage ever ran below the level."""
+    if checking is None:
+        return None
+    try:
+        return checking.result()
+    except BaseException:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+        raise
+
+
 def run_pipeline(
     inputs: list[Path],
     out_dir: Path,
@@ -126,8 +144,9 @@ def run_pipeline(
     into an OUT with results raises :class:`NothingToCurate`; a failed write
     :class:`WriteFailedError` (OUT unchanged).
 
-    Before any Ray work the replay sandbox is checked against ``replay.min_sandbox_level``
-    (pipeline.stages.replay.ensure_sandbox_level): below it the run stops with :class:`SandboxLevelError`,
+    While Ray starts, and before any Ray work, the replay sandbox is checked against ``replay.min_sandbox_level``
+    (pipeline.stages.replay.ensure_sandbox_level): below it the run stops with :class:`SandboxLevelError`
+    (a Ray it started is shut down again),
     unless ``allow_weak_sandbox`` (then ``warn`` gets a loud message). ``format`` forces one input
     adapter (pipeline.formats) instead of detecting each file's; ``benchmark`` is a JSONL file of
     benchmark items to decontaminate against (pipeline.stages.dedup). ``progress``, when given, is called
@@ -147,14 +166,18 @@ def run_pipeline(
             mark_resumable(run)
             # 2. the pre-pass; a small input's runs in the driver (keys_in_driver), beside the
             # sandbox check and Ray start
-            with ThreadPoolExecutor(1, thread_name_prefix="twi-pre-pass") as beside:
+            with ThreadPoolExecutor(2, thread_name_prefix="twi-beside") as beside:
                 early = beside.submit(pre_pass, run, bench, recompute) if keys_in_driver(run) else None
-                # The sandbox is checked before any Ray work on a first run; into an OUT with results,
-                # once the pre-pass knows that something is to be replayed (a rerun replays nothing).
-                with run.timed("sandbox_check_s"):
-                    run.sandbox = check_sandbox() if run.n_tasks and run.previous is None else None
-                with run.timed("ray_init_s"):
-                    init_ray(address, quiet=quiet, num_cpus=num_cpus)
+                # The sandbox is checked on a first run while Ray starts (most of a start is waiting
+                # for Ray's processes), and passes before any Ray work; into an OUT with results, once
+                # the pre-pass knows that something is to be replayed (a rerun replays nothing).
+                checking = beside.submit(timed_check, run, check_sandbox) if run.n_tasks and run.previous is None else None
+                started = not ray.is_initialized()
+                try:
+                    with run.timed("ray_init_s"):
+                        init_ray(address, quiet=quiet, num_cpus=num_cpus)
+                finally:  # a refusal wins over a failed Ray start
+                    run.sandbox = refuse_or_pass(checking, started)
                 ray.data.DataContext.get_current().enable_progress_bars = not quiet
                 metrics = start_metrics()
                 if early is not None:

@@ -440,7 +440,20 @@ def test_run_refuses_below_the_minimum_level_unless_allowed(tmp_path, monkeypatc
 
     corpus = _tiny_corpus(tmp_path / "corpus")
     monkeypatch.setenv("TWI_SANDBOX_DISABLE", "seccomp")
-    reached_ray = []
+    reached_ray, metrics_started = [], []
+
+    def slow_ray(*args, **kwargs):  # Ray's start, which the check runs beside, without Ray
+        reached_ray.append(True)
+        time.sleep(0.2)
+
+    monkeypatch.setattr(pipeline.run, "init_ray", slow_ray)
+    monkeypatch.setattr(pipeline.run, "start_metrics", lambda: metrics_started.append(True))
+    result = CliRunner().invoke(app, ["run", str(corpus), "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "refusing to replay untrusted code" in result.output
+    assert "seccomp" in result.output and "--allow-weak-sandbox" in result.output
+    assert reached_ray == [True] and metrics_started == []  # refused before any Ray work
+    assert not (tmp_path / "out" / "shards").exists()
 
     def no_ray(*args, **kwargs):
         reached_ray.append(True)
@@ -448,10 +461,8 @@ def test_run_refuses_below_the_minimum_level_unless_allowed(tmp_path, monkeypatc
 
     monkeypatch.setattr(pipeline.run, "init_ray", no_ray)
     result = CliRunner().invoke(app, ["run", str(corpus), "--out", str(tmp_path / "out"), "--quiet"])
-    assert result.exit_code == 2, result.output
-    assert "refusing to replay untrusted code" in result.output
-    assert "seccomp" in result.output and "--allow-weak-sandbox" in result.output
-    assert reached_ray == []  # stopped before any Ray work
+    assert result.exit_code == 2 and "refusing to replay untrusted code" in result.output  # a refusal wins
+    reached_ray.clear()
     result = CliRunner().invoke(
         app, ["run", str(corpus), "--out", str(tmp_path / "out"), "--quiet", "--allow-weak-sandbox"]
     )

@@ -252,6 +252,14 @@ def _fail(msg: str, code: int = EXIT_CANNOT_START) -> None:
     raise typer.Exit(code=code)
 
 
+def local_ray_on_loopback(address: str | None) -> None:
+    """A local Ray (no ``--address``) listens on 127.0.0.1 only. Ray reads the setting once, when
+    it is imported: set later, its GCS and raylet listen on every interface. Not for a cluster run,
+    whose driver must be reachable at the machine's address."""
+    if address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 @app.command()
 def run(
     inputs: Annotated[
@@ -299,6 +307,7 @@ def run(
     ] = None,
 ) -> None:
     """Curate trajectories into routed Parquet shards (OUT/shards/route=*/discipline=*/)."""
+    local_ray_on_loopback(address)  # before anything imports ray
     from pipeline.config import ConfigError, load_config, with_image_roots, with_llm_judge
     from pipeline.run import run_pipeline
     from pipeline.tools.evaluate import agreement, find_labels

@@ -18,6 +18,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.config import RunConfig
 from pipeline.metrics import StageMetrics
 
+log = logging.getLogger(__name__)
+
 # Ray kills a task worker idle for more than 1 s once more workers exist than CPUs (actors count),
 # and the task stages (pre-pass, ingest, route, write) come in bursts between the replay batches:
 # a 480-record run started 20 task workers, each paying ~2.5 s of CPU for its imports (48 s in
@@ -33,8 +35,11 @@ def init_ray(address: str | None = None, quiet: bool = False, num_cpus: int | No
     if address:
         ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING)
         return
-    # Keeps a local single-node Ray on 127.0.0.1 instead of the machine's network address.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # A local Ray stays on 127.0.0.1 when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set before ray was
+    # imported (twi-curate run does: pipeline.cli.local_ray_on_loopback); set now, Ray ignores it.
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        log.warning("the local Ray will listen on this machine's network address: set "
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing ray to keep it on 127.0.0.1")
     ray.init(
         address="local",  # a new local Ray, never another one running on this machine (RAY_ADDRESS, `ray start`)
         num_cpus=num_cpus,

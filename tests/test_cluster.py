@@ -101,3 +101,35 @@ def test_worker_node_removed_mid_run_completes_with_every_record_once(small, tmp
     m = read_manifest(out)
     ids = sample_ids(out)
     assert len(ids) == len(set(ids)) == 12 and m["conservation"]["ok"] and m["input_records"] == 12
+
+
+LOOPBACK = r"""
+import json
+from pipeline.cli import local_ray_on_loopback
+local_ray_on_loopback(None)  # what `twi-curate run` does first, without --address
+import ray
+from pipeline.ray_plan import init_ray
+init_ray(quiet=True, num_cpus=1)
+print(json.dumps({"gcs": ray.get_runtime_context().gcs_address,
+                  "nodes": sorted({n["NodeManagerAddress"] for n in ray.nodes()})}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_local_run_keeps_ray_on_loopback_without_the_variable_in_the_environment(monkeypatch):
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported; unset there, a local Ray's
+    GCS and raylet listen on the machine's network address (every test sets it, so only a fresh
+    process without it shows the difference)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    proc = subprocess.run([sys.executable, "-c", LOOPBACK], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["gcs"].startswith("127.0.0.1:") and r["nodes"] == ["127.0.0.1"], r
+    # a cluster run's driver must stay reachable at the machine's address: left as it is
+    from pipeline.cli import local_ray_on_loopback
+
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    local_ray_on_loopback("127.0.0.1:6379")
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ

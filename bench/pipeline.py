@@ -7,7 +7,10 @@ On a sample corpus of ``--n`` records (default 480, built once and cached under
       trajectory's state and its inputs preloaded (bench/sandbox.py design (c), same malloc
       settings as the sandbox). Hostile records are left out: they must never run unsandboxed.
       L = the summed seconds of that work (writing and decoding the inputs, the cells, reading
-      back the images they produced) on one CPU.
+      back the images they produced) on one CPU, measured twice: right before and right after
+      the 2-CPU pipeline run (L, P2, L, P1), and L is their mean. On a shared machine the same
+      work takes 56-89 s from one quarter hour to the next; one L measured minutes before P2
+      compared P2 with a different machine. Both measurements are printed and written.
   (P) the full pipeline (``run_pipeline`` with the default config) with Ray started at 2 CPUs
       and at 1 CPU, the process pinned to that many cores (Ray's ``num_cpus`` alone does not
       stop a "1-CPU" run from using every core). Two walls per run: the whole run (Ray start, plan, sandbox check, dedup
@@ -44,8 +47,6 @@ from pathlib import Path
 # `python bench/pipeline.py` puts bench/ first on sys.path, where this file would shadow the
 # `pipeline` package: look up the project instead (bench.sandbox is then importable too).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-CPU_COUNTS = (2, 1)
 
 
 def pin_cpus(cpus: int) -> list[int]:
@@ -119,6 +120,14 @@ def _run(args: list[str], timeout: float, env: dict[str, str] | None = None) -> 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def combine_limits(before: dict, after: dict) -> dict:
+    """(L) measured before and after the 2-CPU run: their mean, each kept (``seconds_before``,
+    ``seconds_after``)."""
+    mean = {k: (before[k] + after[k]) / 2 for k in ("seconds", "wall_s", "cpu_s")}
+    return {**before, **mean, "seconds_before": before["seconds"], "seconds_after": after["seconds"],
+            "loadavg": after["loadavg"]}
+
+
 def summarize(n: int, lim: dict, runs: dict[int, dict]) -> dict:
     p2, p1 = runs[2], runs[1]
     L = lim["seconds"]
@@ -126,6 +135,9 @@ def summarize(n: int, lim: dict, runs: dict[int, dict]) -> dict:
     return {
         "n": n,
         "cost_ratio": round(p2["wall_s"] * 2 / L, 3),
+        # against each measurement of L alone (before, after the 2-CPU run)
+        "cost_ratio_each_limit": [round(p2["wall_s"] * 2 / lim[k], 3)
+                                  for k in ("seconds_before", "seconds_after") if k in lim],
         "speedup_1_to_2": round(p1["wall_s"] / p2["wall_s"], 3),
         "stage_busy_s": stages,
         "stage_cpu_s": {k: v.get("cpu_s") for k, v in sorted(p2["stages"].items())},
@@ -146,7 +158,8 @@ def report(s: dict) -> None:
     lim, r2, r1 = s["limit"], s["runs"]["2"], s["runs"]["1"]
     print(f"corpus: {s['n']} sample-corpus records")
     print(f"(L) limit, in-process, no isolation: {lim['cells']} cells of {lim['trajectories']} non-hostile "
-          f"trajectories, {lim['seconds']:.1f} s of work on 1 CPU ({lim['seconds'] / max(lim['cells'], 1) * 1000:.0f} ms/cell; {lim['cpu_s']:.1f} s CPU time; "
+          f"trajectories, {lim['seconds']:.1f} s of work on 1 CPU (mean of {lim['seconds_before']:.1f} s before and "
+          f"{lim['seconds_after']:.1f} s after the 2-CPU run; {lim['seconds'] / max(lim['cells'], 1) * 1000:.0f} ms/cell; {lim['cpu_s']:.1f} s CPU time; "
           f"1-min load average at the end {lim['loadavg']:.1f})")
     for r in (r2, r1):
         t = r["timings"]
@@ -160,7 +173,8 @@ def report(s: dict) -> None:
             f"{v['busy_s'] / max(v['rows'], 1) * 1000:.0f}, {v.get('cpu_s', 0) / max(v['rows'], 1) * 1000:.0f})"
             for k, v in sorted(r["stages"].items())))
     print(f"cost_ratio = P2/L = whole-run wall x 2 CPUs / L = {s['cost_ratio']:.2f}   "
-          f"(execute part only: {s['cost_ratio_execute']:.2f})")
+          f"(execute part only: {s['cost_ratio_execute']:.2f}; against L before / after alone: "
+          + " / ".join(f"{r:.2f}" for r in s["cost_ratio_each_limit"]) + ")")
     print(f"speedup 1 -> 2 CPUs (whole run): {s['speedup_1_to_2']:.2f}x   "
           f"(execute part only: {s['speedup_1_to_2_execute']:.2f}x)")
     print(f"samples/s at 2 CPUs (whole run): {s['samples_per_s']:.2f}   (execute part: {s['samples_per_s_execute']:.2f})")
@@ -185,13 +199,19 @@ def main() -> None:
     corpus = corpus_path(args.n)
     with tempfile.TemporaryDirectory(prefix="twi-bench-pipeline-") as tmp:
         # the sandbox runs cells with these malloc settings: (L) gets the same
-        lim = _run(["--worker", "limit", str(corpus)], args.timeout, {"GLIBC_TUNABLES": MALLOC_TUNABLES})
-        runs = {
-            cpus: _run(["--worker", "pipeline", str(corpus), str(cpus), str(Path(tmp) / f"out{cpus}")], args.timeout,
-                       {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
-            for cpus in CPU_COUNTS
-        }
-    summary = summarize(args.n, lim, runs)
+        def limit() -> dict:
+            return _run(["--worker", "limit", str(corpus)], args.timeout, {"GLIBC_TUNABLES": MALLOC_TUNABLES})
+
+        def pipeline(cpus: int) -> dict:
+            return _run(["--worker", "pipeline", str(corpus), str(cpus), str(Path(tmp) / f"out{cpus}")],
+                        args.timeout, {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+
+        # L on both sides of P2 (L, P2, L, P1): their mean is the limit P2 is compared with
+        before = limit()
+        runs = {2: pipeline(2)}
+        after = limit()
+        runs[1] = pipeline(1)
+    summary = summarize(args.n, combine_limits(before, after), runs)
     report(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))

@@ -19,8 +19,12 @@ For every image O (w×h) that the replay produced:
  Unregistered outputs (edge maps, masks, plots) are transforms of the whole view:
     gain(O) = 0.5 · (1 − SSIM(O, I) on 256-px thumbnails)   (capped at 0.5: new rendering, no new pixels).
  Blank (grey-level std < 2) or tiny (< 28 px side) outputs score 0.
-Trajectory gain = max over its produced images (one good zoom is what TwI is for); a sample with
-code but no produced images scores 0, a sample without input images cannot be scored (None).
+Trajectory gain = max over its produced images (one good zoom is what TwI is for; the judge stops
+at the first image with a full gain of 1); a sample with code but no produced images scores 0, a
+sample without input images cannot be scored (None). Produced images are decoded to grey by
+OpenCV, as replay fidelity decodes them (pipeline.stages.fidelity.decode_grey_u8; PIL's "L" is at
+most one grey level away); inputs come as the sandbox's grey pixels (PIL's "L") or, without them,
+through PIL.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from judges.base import Verdict
-from pipeline.stages.fidelity import Integrals, grey_std, integrals, window_variance
+from pipeline.stages.fidelity import Integrals, decode_grey_u8, grey_std, integrals, window_variance
 from schemas import sample as S
 from schemas.dimensions import Dimension
 
@@ -435,7 +439,9 @@ class VisualGainJudge:
         hints = tuple(dict.fromkeys(b for t in turns for b in code_boxes(t.get(S.TURN_CODE) or "")))
         best, best_why = 0.0, ""
         for img in produced:
-            out = _gray(img[S.IMG_BYTES])
+            if best >= 1.0:  # a full gain: no later image can exceed it (and the first reason stays)
+                break
+            out = decode_grey_u8(img[S.IMG_BYTES])
             for orig in originals:
                 gain, why = image_gain(orig, out, self.budget_px, hints)
                 if gain > best or not best_why:

@@ -599,3 +599,34 @@ def test_a_zygote_killed_while_it_starts_is_started_again():
         assert [o.status for o in out] == ["ok"] and out[0].stdout == "42\n"
     finally:
         box.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_zygote_builds_the_font_cache_itself_and_a_process_level_child_reuses_it(monkeypatch):
+    """A preloading zygote imports matplotlib as root with MPLCONFIGDIR set: it writes the font
+    cache into the (root-owned, read-only for the cells) directory itself, so no warm-up
+    interpreter runs for it; a process-level sandbox of the same parent finds that cache, and one
+    that finds none builds it before its first child."""
+    from pipeline.sandbox import parent
+    from pipeline.sandbox.process import ProcessSandbox
+
+    warmed: list[str] = []
+    original = parent._warm_matplotlib_cache
+    monkeypatch.setattr(parent, "_warm_matplotlib_cache", lambda py, path: (warmed.append(path), original(py, path)))
+    monkeypatch.setattr(parent, "_shared_mpl_dir", None)  # this test's own directory
+    plot = "import matplotlib\nimport matplotlib.pyplot as plt\nplt.plot([1, 3, 2]); plt.show()\nprint(matplotlib.get_cachedir())"
+    with ZygoteSandbox(LIMITS, uid=UID, gid=UID, cgroup_memory_mb=CGROUP_MB) as box:
+        mpl_dir = box._mpl_dir
+        assert warmed == []
+        assert any(n.startswith("fontlist-") for n in os.listdir(mpl_dir))  # written by the zygote
+        assert os.stat(mpl_dir).st_uid == 0 and os.stat(mpl_dir).st_mode & 0o022 == 0
+        (out,) = box.replay([plot], [])
+        assert out.status == "ok" and out.stdout.strip() == mpl_dir and len(out.images) == 1
+    with ProcessSandbox(LIMITS, uid=UID, gid=UID) as child:
+        assert child._mpl_dir == mpl_dir and warmed == []  # the cache is there
+    for name in os.listdir(mpl_dir):
+        os.remove(os.path.join(mpl_dir, name))
+    with ProcessSandbox(LIMITS, uid=UID, gid=UID) as child:
+        assert warmed == [mpl_dir] and any(n.startswith("fontlist-") for n in os.listdir(mpl_dir))
+        (out,) = child.replay([plot], [])
+        assert out.status == "ok" and len(out.images) == 1

@@ -284,16 +284,22 @@ _shared_mpl_lock = threading.Lock()
 _shared_mpl_dir: str | None = None
 
 
-def _matplotlib_config_dir(python: str) -> str:
-    """One root-owned, world-readable MPLCONFIGDIR per parent process (its font cache is reused)."""
+def _matplotlib_config_dir(python: str, warm: bool = True) -> str:
+    """One root-owned, world-readable MPLCONFIGDIR per parent process (its font cache is reused).
+
+    ``warm``: build matplotlib's font cache there now, in an interpreter of its own (~1.4 s of
+    CPU), unless it is there already. A zygote that preloads matplotlib needs no warming: it
+    imports matplotlib before it drops anything, writes the cache into this directory itself and
+    every trajectory forks from its loaded font manager."""
     global _shared_mpl_dir
     with _shared_mpl_lock:
         if _shared_mpl_dir is None or not os.path.isdir(_shared_mpl_dir):
             path = tempfile.mkdtemp(prefix="twi-sandbox-mpl-")
             os.chmod(path, 0o755)
             atexit.register(shutil.rmtree, path, True)
-            _warm_matplotlib_cache(python, path)
             _shared_mpl_dir = path
+        if warm and not any(name.startswith("fontlist-") for name in os.listdir(_shared_mpl_dir)):
+            _warm_matplotlib_cache(python, _shared_mpl_dir)
         return _shared_mpl_dir
 
 
@@ -540,6 +546,9 @@ class ChildSandbox:
     Subclasses implement :meth:`_spawn`.
     """
 
+    # the level's long-lived child imports matplotlib (``preload``) and builds its font cache
+    PRELOADING_ZYGOTE = False
+
     level = "child"
     _child_joins_cgroups = True  # False: the child is born in the cgroups (the zygote joined them)
     _cgroup_resident_tasks = 0  # long-lived processes of the sandbox inside its pids cgroup
@@ -596,7 +605,7 @@ class ChildSandbox:
                 pids_max=self.limits.max_processes + self._cgroup_resident_tasks if want_pids else None,
             )
             self._cgroup_cleanup = weakref.finalize(self, self.cgroup.remove)
-        self._mpl_dir = _matplotlib_config_dir(self.python)
+        self._mpl_dir = _matplotlib_config_dir(self.python, warm=not (self.preload and self.PRELOADING_ZYGOTE))
         self._mask_dirs = private_host_dirs()
         self._closed = False
         # Run the cells under a pid-1 init in a new PID namespace when the kernel allows it, so

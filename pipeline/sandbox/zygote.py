@@ -274,6 +274,7 @@ class ZygoteSandbox(ChildSandbox):
     level = "zygote"
     _child_joins_cgroups = False
     _cgroup_resident_tasks = 2  # the zygote itself and the next trajectory's pre-forked init
+    PRELOADING_ZYGOTE = True
 
     def __init__(self, limits: SandboxLimits | None = None, *, start_timeout_s: float = 180.0, **kwargs) -> None:
         super().__init__(limits, **kwargs)

@@ -21,10 +21,7 @@ For every image O (w×h) that the replay produced:
  Blank (grey-level std < 2) or tiny (< 28 px side) outputs score 0.
 Trajectory gain = max over its produced images (one good zoom is what TwI is for; the judge stops
 at the first image with a full gain of 1); a sample with code but no produced images scores 0, a
-sample without input images cannot be scored (None). Produced images are decoded to grey by
-OpenCV, as replay fidelity decodes them (pipeline.stages.fidelity.decode_grey_u8; PIL's "L" is at
-most one grey level away); inputs come as the sandbox's grey pixels (PIL's "L") or, without them,
-through PIL.
+sample without input images cannot be scored (None).
 """
 
 from __future__ import annotations
@@ -44,7 +41,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from judges.base import Verdict
-from pipeline.stages.fidelity import Integrals, decode_grey_u8, grey_std, integrals, window_variance
+from pipeline.stages.fidelity import Integrals, grey_std, integrals, window_variance
 from schemas import sample as S
 from schemas.dimensions import Dimension
 
@@ -71,6 +68,10 @@ def budget_scale(width: int, height: int, budget_px: float) -> float:
 
 
 def _gray(data: bytes) -> np.ndarray:
+    """8-bit grey by PIL's "L" conversion: the decoder the judge's verdicts were validated with,
+    and the one the sandbox's input greys use. (OpenCV's grey decode is a quarter faster and at
+    most one level off, but on a real VisualSketchpad figure that one level moved the search from
+    a 34x25 region at 19x to "transform": do not swap decoders without re-checking real data.)"""
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("L"))
 
@@ -441,7 +442,7 @@ class VisualGainJudge:
         for img in produced:
             if best >= 1.0:  # a full gain: no later image can exceed it (and the first reason stays)
                 break
-            out = decode_grey_u8(img[S.IMG_BYTES])
+            out = _gray(img[S.IMG_BYTES])
             for orig in originals:
                 gain, why = image_gain(orig, out, self.budget_px, hints)
                 if gain > best or not best_why:

@@ -1,12 +1,8 @@
-import io
-
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
-from judges.visual_gain import VisualGainJudge, budget_scale, code_boxes, image_gain, register
-from pipeline.stages.fidelity import decode_grey_u8
+from judges.visual_gain import VisualGainJudge, _gray, budget_scale, code_boxes, image_gain, register
 from schemas import sample as S
 from tests.images import detailed_page, png, simple_sketch, zoom
 
@@ -90,27 +86,12 @@ def test_judge_stops_at_a_full_gain_with_the_verdict_of_all_images(page):
     inp = S.image_record("in.png", png(page), 3000, 3000)
     full = S.image_record("full.png", png(zoom(page, 1450, 1450, 1700, 1600, 4)), 1000, 600)
     copy = S.image_record("copy.png", png(page), 3000, 3000)
-    gains = {i[S.IMG_NAME]: image_gain(page, decode_grey_u8(i[S.IMG_BYTES]), BUDGET) for i in (full, copy)}
+    gains = {i[S.IMG_NAME]: image_gain(page, _gray(i[S.IMG_BYTES]), BUDGET) for i in (full, copy)}
     assert gains["full.png"][0] == 1.0 and gains["copy.png"][0] == 0.0
     for order in ([full, copy], [copy, full], [full, full]):
         verdict = judge.judge({S.IMAGES: [inp], S.REPLAY: [{S.CELL_IMAGES: order}]})
         assert verdict.score == 1.0
         assert verdict.why == f"max over {len(order)} produced image(s): full.png: {gains['full.png'][1]}"
-
-
-def test_produced_images_decode_to_the_grey_pils_conversion_gives_within_one_level():
-    """decode_grey_u8 (OpenCV, shared with fidelity) against PIL's "L" conversion: equal on grey
-    PNGs, at most one level apart on colour ones (rounding of the same weights)."""
-    rng = np.random.default_rng(0)
-    colour = rng.integers(0, 256, (120, 160, 3), np.uint8)
-    grey = rng.integers(0, 256, (120, 160), np.uint8)
-    for arr in (colour, grey):
-        data = png(arr)
-        with Image.open(io.BytesIO(data)) as im:
-            pil = np.asarray(im.convert("L")).astype(int)
-        ours = decode_grey_u8(data)
-        assert ours.dtype == np.uint8 and ours.shape == pil.shape
-        assert np.abs(ours.astype(int) - pil).max() <= (1 if arr.ndim == 3 else 0)
 
 
 def test_code_boxes_reads_literal_crop_boxes_and_slices():

@@ -213,21 +213,14 @@ def text_fidelity(recorded: str | None, replayed: str | None, replayed_error: st
 
 
 # --- images ---------------------------------------------------------------------------------
-def decode_grey_u8(data: bytes) -> np.ndarray:
-    """Encoded image -> 8-bit grey levels at full size: OpenCV's decoder (a quarter faster than
-    PIL's decode and "L" conversion on the replayed PNGs; the two differ by at most one grey
-    level), PIL for the formats OpenCV cannot read (GIF, ...). The replayed images' one decoder:
-    fidelity here and the visual-gain judge."""
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if arr is None:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("L"))
-    return arr
-
-
 def decode_gray(data: bytes, max_side: int = NATIVE_MAX) -> np.ndarray:
     """Encoded image -> float32 grey levels in [0, 1], longest side capped at ``max_side``."""
-    return _fit(decode_grey_u8(data).astype(np.float32) / 255.0, max_side)
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if arr is None:  # formats OpenCV cannot read (GIF, ...)
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im.convert("L"))
+    g = arr.astype(np.float32) / (65535.0 if arr.dtype == np.uint16 else 255.0)
+    return _fit(g, max_side)
 
 
 def _fit(g: np.ndarray, max_side: int) -> np.ndarray:

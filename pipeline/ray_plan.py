@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 # and the task stages (pre-pass, ingest, route, write) come in bursts between the replay batches:
 # a 480-record run started 20 task workers, each paying ~2.5 s of CPU for its imports (48 s in
 # all, a quarter of the whole run's CPU on 2 cores). Idle task workers are kept for the run instead
-# (3 workers, 28 s). A cluster started with `ray start` keeps its own settings (ray_cluster.yaml).
+# (3 workers, 28 s). A cluster started with `ray start` keeps its own settings: ray_cluster.yaml's
+# head passes the same ones (--system-config; tests/test_cluster_config.py keeps them equal).
 LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
 
 

@@ -1,11 +1,7 @@
-import shlex
 from pathlib import Path
 
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
-from ray.scripts.scripts import start
-
-from pipeline.ray_plan import LOCAL_SYSTEM_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +18,12 @@ def test_ray_cluster_yaml_is_a_valid_launcher_config():
 def test_cluster_head_keeps_idle_task_workers_as_a_local_run_does():
     """The head's `ray start` sets the system config a local run sets (pipeline.ray_plan), and
     Ray's own command line accepts that command as written."""
+    import shlex
+
+    from ray.scripts.scripts import start
+
+    from pipeline.ray_plan import LOCAL_SYSTEM_CONFIG
+
     cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
     heads = [shlex.split(c) for c in cfg["head_start_ray_commands"] if c.startswith("ray start")]
     assert len(heads) == 1, cfg["head_start_ray_commands"]

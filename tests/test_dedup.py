@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from judges.visual_gain import VisualGainJudge
+from judges.visual_gain import PREPARED_CACHE, VisualGainJudge
 from pipeline.cli import app
 from pipeline.config import DedupConfig, IngestConfig, RunConfig
 from pipeline.dedup_pass import dedup_verdicts
@@ -44,6 +44,7 @@ from pipeline.stages.dedup import (
 )
 from pipeline.stages.dedup import find_verdicts as _find_verdicts
 from pipeline.stages.ingest import IngestStage, plan_read_tasks, read_task
+from pipeline.stages.judge import JudgeStage
 from pipeline.tools.shards import SHARDS_DIR
 from schemas import sample as S
 from tests.format_fixtures import BOX, crop_zoom, label_image
@@ -251,6 +252,33 @@ def test_light_pre_pass_and_main_pass_keys_give_the_same_verdicts(corpus, tmp_pa
     sid = {(k["file"], k["idx"]): k["sample_id"] for k in full}
     assert contaminated == {sid[k]: v[S.CONTAMINATED_BY] for k, v in reference.items() if S.CONTAMINATED_BY in v}
     assert sorted(n for names in contaminated.values() for n in names) == ["ChartQA", "MathVista"]
+
+
+def test_block_keys_come_from_the_replays_greys_however_many_images_the_block_holds(corpus, tmp_path):
+    """The judge stage computes a block's keys from the grey pixels the replay handed over
+    (S.INPUT_GREYS), not from the visual-gain judge's cache of recent inputs (PREPARED_CACHE
+    of them): a block with more images than that re-decoded the evicted ones (3x the judges'
+    CPU with 8-record read tasks). The rows' image bytes are made undecodable after ingest, so
+    any decode for a key would leave that key without its pHash."""
+    rows = [r for t in plan_read_tasks([corpus / "in" / f for f in ("a.jsonl", "b.jsonl")], 2)
+            for r in read_task(t, CFG)]
+    assert len({r[S.IMAGES][0][S.IMG_SHA256] for r in rows}) > PREPARED_CACHE
+    expected = {}
+    for r in rows:
+        first = r[S.IMAGES][0]
+        expected[r[S.SAMPLE_ID]] = image_keys(first[S.IMG_BYTES])
+        with Image.open(io.BytesIO(first[S.IMG_BYTES])) as im:  # what the sandbox hands over
+            r[S.INPUT_GREYS] = [np.asarray(im.convert("L"))]
+        first[S.IMG_BYTES] = b"\x89PNG\r\n\x1a\n not decodable any more"
+    stage = JudgeStage(judges_factory=lambda: [VisualGainJudge()], resources=Resources(0.5),
+                       keys_dir=str(tmp_path / "keys"))
+    stage.setup(None)
+    stage.process(rows)
+    written = pq.read_table(list((tmp_path / "keys" / PENDING_DIR).glob("*.parquet"))).to_pylist()
+    assert sorted(k["sample_id"] for k in written) == sorted(r[S.SAMPLE_ID] for r in rows)
+    for k in written:
+        want = expected[k["sample_id"]]
+        assert (k["phash"], k["aspect"], k["detail"]) == (want.phash, want.aspect, want.detail), k["sample_id"]
 
 
 def test_near_image_chains_group_with_the_first_leader(tmp_path):

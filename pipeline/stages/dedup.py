@@ -21,9 +21,11 @@ Two passes, no image decoded twice for dedup (pipeline.dedup_pass wires them):
   * main pass (:func:`write_block_keys`, in the judge stage): beside each block it judges, the
     stage writes the full keys of the block's records that are not exact duplicates to one
     Parquet file, named by the records so a retried block overwrites. The first image is decoded
-    once for the whole pass: the visual-gain judge decodes it to grey and the keys are computed
-    from that array (ingest used to decode it a second time for the keys alone: ~36 s of CPU on
-    480 records). After each window :func:`compact_keys` merges the files. After routing,
+    once for the whole pass: the keys are computed from the grey pixels the replay sandbox
+    handed over (``S.INPUT_GREYS``) or, without them, from the visual-gain judge's decode
+    (ingest used to decode it a second time for the keys alone: ~36 s of CPU on 480 records;
+    the judge's cache of recent inputs alone re-decoded every image a block held beyond its
+    size: 3x the judges' CPU with 8-record read tasks). After each window :func:`compact_keys` merges the files. After routing,
     :func:`post_verdicts` finds the
     (image, question) groups and the benchmark overlap from these keys, and pipeline.stages.best_of_n
     applies them to the staged shards. A contaminated record is therefore replayed and judged
@@ -234,9 +236,11 @@ def key_row(
     """The key of one canonical row. None for invalid rows and for prompts without a trajectory:
     routing rejects those anyway, and a prompt must not make its own rollouts duplicates.
     ``images=False`` is the light key of the pre-pass: no image is decoded (``isha`` is the
-    sha256 ingest computed anyway), ``phash`` / ``aspect`` / ``detail`` stay null. ``grey``
-    returns the first image decoded to grey (the judge stage passes its visual-gain judge's,
-    so the image is not decoded again for its keys)."""
+    sha256 ingest computed anyway), ``phash`` / ``aspect`` / ``detail`` stay null. The first
+    image's grey pixels come from the row itself when the replay handed them over
+    (``S.INPUT_GREYS``, the size of the image), else from ``grey`` (the judge stage passes its
+    visual-gain judge's decode), else from decoding the bytes: the image is not decoded again
+    for its keys, however many images the block holds."""
     if row.get(S.INPUT_ERROR) or not row.get(S.TURNS):
         return None
     first = (row.get(S.IMAGES) or [None])[0]
@@ -244,8 +248,12 @@ def key_row(
     if first is not None:
         isha = first[S.IMG_SHA256] or hashlib.sha256(first[S.IMG_BYTES]).hexdigest()
         if images:
+            handed = (row.get(S.INPUT_GREYS) or [None])[0]
             try:
-                keys = grey_keys(grey(first)) if grey else image_keys(first[S.IMG_BYTES])
+                if handed is not None and handed.shape == (first.get(S.IMG_HEIGHT), first.get(S.IMG_WIDTH)):
+                    keys = grey_keys(handed)
+                else:
+                    keys = grey_keys(grey(first)) if grey else image_keys(first[S.IMG_BYTES])
             except Exception:  # ingest verified the bytes; a hash failure leaves identical bytes only
                 keys = None
     return {

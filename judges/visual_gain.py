@@ -404,14 +404,13 @@ class VisualGainJudge:
     def _prepared(self, image: dict[str, Any], grey: np.ndarray | None = None) -> Prepared:
         """Each input decoded once per actor while it is among the PREPARED_CACHE most recent ones
         (best-of-n rollouts and multi-image rows share inputs); not at all when the replay in this
-        actor handed over its grey pixels (``grey``, S.INPUT_GREYS: the same decoder and
-        conversion, so the same pixels) and they have the image's size."""
+        actor handed over its grey pixels (``grey``, from S.input_grey: the same decoder and
+        conversion, so the same pixels, and checked against the image's size)."""
         key = image.get(S.IMG_SHA256) or hashlib.sha256(image[S.IMG_BYTES]).hexdigest()
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        size = (image.get(S.IMG_HEIGHT), image.get(S.IMG_WIDTH))
-        if grey is None or grey.shape != size:
+        if grey is None:
             grey = _gray(image[S.IMG_BYTES])
         ref = self._cache[key] = Prepared(grey)
         while len(self._cache) > PREPARED_CACHE:
@@ -429,8 +428,9 @@ class VisualGainJudge:
         cells = row.get(S.REPLAY) or []
         if not inputs:
             return Verdict(None, "no input image")
-        for image, grey in zip(inputs, row.get(S.INPUT_GREYS) or [], strict=False):
-            if grey is not None:  # the replay's pixels: cached, also for the dedup keys (grey())
+        for k, image in enumerate(inputs):
+            grey = S.input_grey(row, k)
+            if grey is not None:  # the replay's pixels: cached for this row's judging
                 self._prepared(image, grey)
         produced = [img for c in cells for img in (c[S.CELL_IMAGES] or [])]
         if not produced:

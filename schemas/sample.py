@@ -266,6 +266,16 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def input_grey(row: dict[str, Any], k: int) -> Any:
+    """Input ``k``'s grey pixels as the replay handed them over (INPUT_GREYS), or None when there
+    are none or they do not have that image's (height, width): then the image is decoded."""
+    greys, images = row.get(INPUT_GREYS) or [], row.get(IMAGES) or []
+    grey = greys[k] if k < len(greys) and k < len(images) else None
+    if grey is None or grey.shape != (images[k].get(IMG_HEIGHT), images[k].get(IMG_WIDTH)):
+        return None
+    return grey
+
+
 def image_record(name: str, data: bytes, width: int, height: int, path: str | None = None) -> dict[str, Any]:
     """The IMAGE_TYPE struct for encoded image bytes (``path``: as the trajectory refers to it)."""
     return {

@@ -25,8 +25,8 @@ Two passes, no image decoded twice for dedup (pipeline.dedup_pass wires them):
     handed over (``S.INPUT_GREYS``) or, without them, from the visual-gain judge's decode
     (ingest used to decode it a second time for the keys alone: ~36 s of CPU on 480 records;
     the judge's cache of recent inputs alone re-decoded every image a block held beyond its
-    size: 3x the judges' CPU with 8-record read tasks). After each window :func:`compact_keys` merges the files. After routing,
-    :func:`post_verdicts` finds the
+    size: 3x the judges' CPU with 8-record read tasks). After each window
+    :func:`compact_keys` merges the files. After routing, :func:`post_verdicts` finds the
     (image, question) groups and the benchmark overlap from these keys, and pipeline.stages.best_of_n
     applies them to the staged shards. A contaminated record is therefore replayed and judged
     like any other, then rejected with ``contaminated:<name>`` (routed again) before best-of-N
@@ -238,7 +238,7 @@ def key_row(
     ``images=False`` is the light key of the pre-pass: no image is decoded (``isha`` is the
     sha256 ingest computed anyway), ``phash`` / ``aspect`` / ``detail`` stay null. The first
     image's grey pixels come from the row itself when the replay handed them over
-    (``S.INPUT_GREYS``, the size of the image), else from ``grey`` (the judge stage passes its
+    (``S.input_grey``), else from ``grey`` (the judge stage passes its
     visual-gain judge's decode), else from decoding the bytes: the image is not decoded again
     for its keys, however many images the block holds."""
     if row.get(S.INPUT_ERROR) or not row.get(S.TURNS):
@@ -248,9 +248,9 @@ def key_row(
     if first is not None:
         isha = first[S.IMG_SHA256] or hashlib.sha256(first[S.IMG_BYTES]).hexdigest()
         if images:
-            handed = (row.get(S.INPUT_GREYS) or [None])[0]
+            handed = S.input_grey(row, 0)
             try:
-                if handed is not None and handed.shape == (first.get(S.IMG_HEIGHT), first.get(S.IMG_WIDTH)):
+                if handed is not None:
                     keys = grey_keys(handed)
                 else:
                     keys = grey_keys(grey(first)) if grey else image_keys(first[S.IMG_BYTES])

@@ -1,11 +1,12 @@
 """Pipeline throughput against its limit, side by side in one invocation (issue 12, P8).
 
-On a sample corpus of ``--n`` records (default 480, built once and cached under
-``$TWI_CURATE_CACHE`` or ``~/.cache/twi-curate``), each measurement in a fresh process:
+On a sample corpus of ``--n`` records none of which is hostile (default 480; built once and cached
+under ``$TWI_CURATE_CACHE`` or ``~/.cache/twi-curate``; see "The corpus" below), each measurement
+in a fresh process:
 
   (L) the limit: every code cell of the corpus executed once in-process, no isolation, with the
       trajectory's state and its inputs preloaded (bench/sandbox.py design (c), same malloc
-      settings as the sandbox). Hostile records are left out: they must never run unsandboxed.
+      settings as the sandbox). Hostile code must never run unsandboxed: the corpus has none.
       L = the summed seconds of that work (writing and decoding the inputs, the cells, reading
       back the images they produced) on one CPU, measured twice: right before and right after
       the 2-CPU pipeline run (L, P2, L, P1), and L is their mean. On a shared machine the same
@@ -30,15 +31,16 @@ of stages that overlap on 2 cores include time spent waiting for a core; CPU sec
 (with L's CPU seconds) stay comparable on a shared, noisy machine. Every run has a
 ``--timeout``: a stall fails the benchmark instead of hanging it.
 
-The default corpus holds one hostile record in eight (60 of 480): (P) replays them (the sandbox
-stops each at its attack, after the cell's own work) and judges them; (L) leaves them out, so P2
-and L do not cover the same records (measured on 1 core: 279 ms of sandbox CPU per hostile
-trajectory, ~17 s for the 60). ``--without-hostile`` runs both on a corpus of ``--n`` records none
-of which is hostile (the first ``--n`` non-hostile records of a larger sample corpus: the same
-records the default corpus holds, plus the next ones). The default stays the measurement the
-issue's acceptance names.
+The corpus. L is every code cell of the corpus and P the pipeline on the same corpus, so both
+must cover the same records. The sample corpus holds one hostile record in eight, whose code L
+cannot run; until Dec 2026 this bench ran P on all 480 records of ``sample-corpus --n 480`` and
+L on its 420 others, dividing the cost of 480 records by the limit of 420 (in one hour: P2
+126.2 s for the 480 with the hostile ones, 125.1 s for 480 without; L 81.0 s for the 420, 94.8 s
+for 480). The corpus is now the first ``--n`` non-hostile records of a larger sample corpus (the
+same records the smaller one holds, plus the next ones). ``--with-hostile`` measures the old way
+(P on the corpus as built, L on its non-hostile part), for comparison with earlier numbers.
 
-    python bench/pipeline.py [--n 480] [--json FILE] [--timeout 3600] [--without-hostile]
+    python bench/pipeline.py [--n 480] [--json FILE] [--timeout 3600] [--with-hostile]
 """
 
 from __future__ import annotations
@@ -68,10 +70,11 @@ def pin_cpus(cpus: int) -> list[int]:
     return cores[:cpus]
 
 
-def corpus_path(n: int, without_hostile: bool = False) -> Path:
-    """The sample corpus of ``n`` records; ``without_hostile``: ``n`` records none of which is
-    hostile (the first ``n`` non-hostile ones of a larger sample corpus, whose records are the same
-    as the smaller one's up to its size), so that (L) and (P) cover the same records."""
+def corpus_path(n: int, without_hostile: bool = True) -> Path:
+    """``n`` sample-corpus records none of which is hostile (the first ``n`` non-hostile ones of a
+    larger sample corpus, whose records are the same as the smaller one's up to its size), so that
+    (L) and (P) cover the same records; ``without_hostile=False``: the sample corpus of ``n``
+    records as built (one in eight hostile: (L) leaves them out)."""
     from pipeline.cli import cache_dir
     from sample_corpus import ensure_sample_corpus
     from sample_corpus.plan import case_plan
@@ -161,7 +164,7 @@ def combine_limits(before: dict, after: dict) -> dict:
             "loadavg": after["loadavg"]}
 
 
-def summarize(n: int, lim: dict, runs: dict[int, dict], without_hostile: bool = False) -> dict:
+def summarize(n: int, lim: dict, runs: dict[int, dict], without_hostile: bool = True) -> dict:
     p2, p1 = runs[2], runs[1]
     L = lim["seconds"]
     stages = {k: v["busy_s"] for k, v in sorted(p2["stages"].items())}
@@ -224,10 +227,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=480, help="sample-corpus records (>= 480 amortises start-up costs)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run before giving up")
-    ap.add_argument("--without-hostile", action="store_true",
-                    help="a corpus of --n records none of which is hostile, so that (L), which never runs "
-                    "hostile code, and (P) cover the same records (the default corpus holds one hostile "
-                    "record in eight: (P) replays and judges them, (L) leaves them out)")
+    ap.add_argument("--with-hostile", action="store_true",
+                    help="the old measurement: (P) on the sample corpus as built (one hostile record in "
+                    "eight, replayed and judged), (L) on its non-hostile records only")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -237,7 +239,7 @@ def main() -> None:
         return
     from pipeline.sandbox.parent import MALLOC_TUNABLES
 
-    corpus = corpus_path(args.n, args.without_hostile)
+    corpus = corpus_path(args.n, not args.with_hostile)
     with tempfile.TemporaryDirectory(prefix="twi-bench-pipeline-") as tmp:
         # the sandbox runs cells with these malloc settings: (L) gets the same
         def limit() -> dict:
@@ -252,7 +254,7 @@ def main() -> None:
         runs = {2: pipeline(2)}
         after = limit()
         runs[1] = pipeline(1)
-    summary = summarize(args.n, combine_limits(before, after), runs, args.without_hostile)
+    summary = summarize(args.n, combine_limits(before, after), runs, not args.with_hostile)
     report(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))

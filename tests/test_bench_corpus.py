@@ -1,4 +1,4 @@
-"""bench/pipeline.py --without-hostile: (L) and (P) on the same records, none of them hostile."""
+"""bench/pipeline.py's corpus: (L) and (P) on the same records, none of them hostile."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_without_hostile_corpus_is_the_first_n_non_hostile_records(tmp_path: Pat
     monkeypatch.setenv("TWI_CURATE_CACHE", str(tmp_path))
     n = 45  # the plan's first hostile records are 42-47: a larger corpus (51) is built and filtered
     assert sum(case == "hostile" for _, case in case_plan(n)) == 3
-    corpus = corpus_path(n, without_hostile=True)
+    corpus = corpus_path(n)
     source = tmp_path / "sample-corpus-n51-s0" / "corpus.jsonl"
     assert source.exists() and len(source.read_text().splitlines()) == 51
 
@@ -39,4 +39,8 @@ def test_without_hostile_corpus_is_the_first_n_non_hostile_records(tmp_path: Pat
 
     # cached: asked again, the same file, not rewritten
     mtime = corpus.stat().st_mtime_ns
-    assert corpus_path(n, without_hostile=True) == corpus and corpus.stat().st_mtime_ns == mtime
+    assert corpus_path(n) == corpus and corpus.stat().st_mtime_ns == mtime
+    # --with-hostile: the sample corpus as built, its hostile records included
+    plain = corpus_path(n, without_hostile=False)
+    assert plain == tmp_path / "sample-corpus-n45-s0" / "corpus.jsonl"
+    assert [json.loads(x)["case"] for x in (plain.parent / "labels.jsonl").read_text().splitlines()].count("hostile") == 3

@@ -77,7 +77,7 @@ def corpus_path(n: int, without_hostile: bool = True) -> Path:
     records as built (one in eight hostile: (L) leaves them out)."""
     from pipeline.cli import cache_dir
     from sample_corpus import ensure_sample_corpus
-    from sample_corpus.plan import case_plan
+    from sample_corpus.plan import IMAGES_DIR, LABELS_FILE, case_plan
 
     if not without_hostile:
         return ensure_sample_corpus(cache_dir() / f"sample-corpus-n{n}-s0", n=n, seed=0)
@@ -91,12 +91,12 @@ def corpus_path(n: int, without_hostile: bool = True) -> Path:
         return corpus
     out.mkdir(parents=True, exist_ok=True)
     records = source.read_text(encoding="utf-8").splitlines()
-    labels = (source.parent / "labels.jsonl").read_text(encoding="utf-8").splitlines()
+    labels = (source.parent / LABELS_FILE).read_text(encoding="utf-8").splitlines()
     kept = [(r, lab) for r, lab in zip(records, labels, strict=True) if json.loads(lab)["case"] != "hostile"][:n]
-    images = out / "images"  # the records name their images relative to the corpus file
+    images = out / IMAGES_DIR  # the records name their images relative to the corpus file
     if not images.exists():
-        images.symlink_to(source.parent / "images", target_is_directory=True)
-    (out / "labels.jsonl").write_text("".join(lab + "\n" for _, lab in kept), encoding="utf-8")
+        images.symlink_to(source.parent / IMAGES_DIR, target_is_directory=True)
+    (out / LABELS_FILE).write_text("".join(lab + "\n" for _, lab in kept), encoding="utf-8")
     tmp = out / (source.name + ".tmp")
     tmp.write_text("".join(r + "\n" for r, _ in kept), encoding="utf-8")
     tmp.replace(corpus)  # last: its presence marks the folder complete
